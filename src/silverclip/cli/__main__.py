@@ -1,0 +1,5 @@
+import sys
+
+from silverclip.cli import main
+
+sys.exit(main())

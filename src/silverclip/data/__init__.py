@@ -1,0 +1,1 @@
+"""Data layer: volume readers, dataset adapters (manifests), preprocessing presets and the volume cache."""

@@ -1,0 +1,1 @@
+"""Label extraction from reports (LLM or rules), label tables and label-quality evaluation."""

@@ -1,0 +1,23 @@
+"""Shared fixtures: paths to the real reference data in ../shared/data and offline settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the test-suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SILVERCLIP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (read-only real reference data). Its absence is an error, not a skip."""
+    assert SHARED_DATA.is_dir(), f"reference data folder {SHARED_DATA} is missing (set SILVERCLIP_SHARED_DATA)"
+    return SHARED_DATA
