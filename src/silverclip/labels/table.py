@@ -15,6 +15,7 @@ Missing values (NaN) are always masked. A probabilities table has the same layou
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from silverclip.findings import FINDINGS
-from silverclip.io import atomic_to_csv
+from silverclip.io import FailureLog, atomic_to_csv
 
 UncertainPolicy = Literal["mask", "positive", "negative"]
 UNCERTAIN_POLICIES = ("mask", "positive", "negative")
@@ -104,3 +105,21 @@ def to_targets(labels: np.ndarray, policy: UncertainPolicy = "mask") -> tuple[np
         weights[uncertain] = 0.0
     weights[missing] = 0.0
     return targets, weights
+
+
+@dataclass
+class LabelingResult:
+    """What every labeller backend (rules, LLM) returns for a batch of reports.
+
+    labels: frame indexed by report/volume id, the 18 findings as columns, values 1/0/-1 (NaN where
+        the report could not be labelled; those ids are also in ``failures``).
+    probabilities: same layout with P(present) in [0, 1] where the backend gives one, else None.
+    evidence: id -> finding -> the sentence(s) that decided the label (for review), where available.
+    usage: counters such as prompt/completion tokens, requests, cache hits, cost.
+    """
+
+    labels: pd.DataFrame
+    probabilities: pd.DataFrame | None = None
+    evidence: dict[str, dict[str, list[str]]] | None = None
+    failures: FailureLog = field(default_factory=lambda: FailureLog("labels"))
+    usage: dict[str, float] = field(default_factory=dict)
