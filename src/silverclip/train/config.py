@@ -1,0 +1,146 @@
+"""Typed configs of the two training stages (supervised pre-training and CLIP).
+
+Built with :func:`silverclip.config.load_config` from an optional YAML file plus ``key=value``
+overrides (dotted for nesting: ``train.lr=3e-4``, ``data.batch_size=4``); the resolved config is
+saved into the run folder. Defaults are the paper's settings (DESIGN.md): pre-training AdamW
+lr 1e-4, wd 1e-4, cosine to 1e-6; CLIP lr 1e-5 with gradient clipping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from silverclip.config import ConfigError
+
+Precision = Literal["auto", "bf16", "fp32"]
+
+
+@dataclass
+class DataConfig:
+    """How volumes are read from the cache and batched.
+
+    crop: training crop (x, y, z); None = the cache preset's ``crop``. Evaluation uses the centre crop
+        of the same size.
+    random_flip: flip each axis with probability 1/2 during training (off by default: left-right
+        flips swap anatomy such as the heart's side).
+    num_workers: DataLoader worker processes (0 = load in the main process).
+    """
+
+    batch_size: int = 2
+    eval_batch_size: int | None = None
+    crop: list[int] | None = None
+    random_flip: bool = False
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    val_fraction: float = 0.0
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.crop is not None and (len(self.crop) != 3 or min(self.crop) < 1):
+            raise ConfigError(f"data.crop must be three positive sizes (x, y, z), got {self.crop}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and loop settings shared by both stages.
+
+    Steps are optimizer steps (one step = ``grad_accum`` micro-batches of ``data.batch_size`` per
+    process). ``max_steps`` (if set) overrides ``epochs`` for the schedule's length.
+    ``stop_at_step`` stops early *without* changing the schedule (a checkpoint is written), for
+    time-limited cluster jobs: rerun the same command to continue.
+    """
+
+    epochs: int = 10
+    max_steps: int | None = None
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    precision: Precision = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    checkpoint_every: int = 0
+    stop_at_step: int | None = None
+    log_every: int = 10
+    validate_every_epochs: int = 1
+    tensorboard: bool = False
+    progress: bool = True
+    device: str = "auto"
+    resume: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1 and not self.max_steps:
+            raise ConfigError("train.epochs must be >= 1 (or set train.max_steps)")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"train.lr must be > 0 and 0 <= train.min_lr <= lr (lr={self.lr}, min_lr={self.min_lr})")
+        if self.grad_accum < 1:
+            raise ConfigError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas must hold two numbers, got {self.betas}")
+
+
+@dataclass
+class PretrainConfig:
+    """``silverclip pretrain``: multi-label BCE of a 3D image encoder on a labels CSV (silver or gold).
+
+    uncertain_policy: how -1 labels enter the loss (silverclip.labels.table.to_targets): ``mask``
+        (default, left out of the loss), ``positive`` or ``negative``.
+    val_labels: labels of the validation volumes (same cache unless ``val_cache``); without it,
+        ``data.val_fraction`` of the patients are held out (0 = no validation; ``best`` = ``last``).
+    """
+
+    out: Path
+    cache: Path
+    labels: Path
+    val_labels: Path | None = None
+    val_cache: Path | None = None
+    uncertain_policy: Literal["mask", "positive", "negative"] = "mask"
+    model: str = "resnet18_3d"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, min_lr=1e-6, weight_decay=1e-4))
+
+
+@dataclass
+class ClipConfig:
+    """``silverclip clip``: CLIP on (volume, report) pairs.
+
+    manifest: CSV/Parquet with ``volume_id, findings, impressions`` (+ optional ``split`` and the 18
+        finding columns, used for zero-shot validation). Rows whose ``split`` is ``valid``/``validation``/
+        ``val`` form the validation set unless ``val_manifest`` is given.
+    init: a pre-training checkpoint folder for the image tower; null = from scratch (the ablation).
+    text_model: Hugging Face name or local path; null = the offline default (the packaged MiniLM
+        BERT; real runs: ``microsoft/BiomedVLP-CXR-BERT-specialized``).
+    include_impressions: text = Findings + " " + Impressions (default: Findings only, as the paper).
+    val_labels: labels CSV for zero-shot AUC when the manifest has no finding columns.
+    """
+
+    out: Path
+    cache: Path
+    manifest: Path
+    val_manifest: Path | None = None
+    val_cache: Path | None = None
+    val_labels: Path | None = None
+    init: Path | None = None
+    image_model: str = "resnet18_3d"
+    text_model: str | None = None
+    include_impressions: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    retrieval_ks: list[int] = field(default_factory=lambda: [5, 10, 50, 100])
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=1e-5, min_lr=1e-7, weight_decay=1e-4, grad_clip=1.0)
+    )

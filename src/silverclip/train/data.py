@@ -1,0 +1,316 @@
+"""Training and evaluation data read from the preprocessing cache.
+
+Volumes come memory-mapped from a :class:`silverclip.data.cache.VolumeCache` (int16 HU, axes
+(x, y, z)); a crop reads only the bytes it touches and is then normalised with the cache's preset
+(window -> [-1, 1]). Training takes random crops of ``crop`` (default ``preset.crop``), optionally
+with random flips; evaluation takes the centre crop. Every item is a dict::
+
+    image:   float32 tensor (1, X, Y, Z)
+    id:      the volume id
+    targets, weights: float32 (18,)   (supervised datasets; weights 0 = left out of the loss)
+    text:    str                       (CLIP datasets)
+    labels:  float32 (18,) in {1, 0, -1, nan}  (CLIP datasets with labels, for zero-shot AUC)
+
+Reproducibility: the randomness of an item is drawn from its own generator seeded with
+``(seed, epoch, index)``, so crops do not depend on the number of workers, on which worker loads an
+item, or on where a resumed run restarts. The sampler (:class:`EpochSampler`) hands ``(epoch, index)``
+pairs to the dataset because persistent workers keep their own copy of the dataset and would never
+see an epoch counter set in the main process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from silverclip.data.cache import VolumeCache
+from silverclip.findings import FINDINGS
+from silverclip.labels.table import read_labels, to_targets, volume_id
+
+log = logging.getLogger(__name__)
+
+VALID_SPLITS = ("valid", "validation", "val")
+
+
+# --------------------------------------------------------------------------------------------- ids
+@dataclass
+class Alignment:
+    """Ids present on both sides, and the ids each side lacks (reported, never silently dropped)."""
+
+    ids: list[str]
+    missing_in_cache: list[str] = field(default_factory=list)
+    missing_in_table: list[str] = field(default_factory=list)
+
+    def report(self, cache_name: str, table_name: str) -> None:
+        if self.missing_in_cache:
+            log.warning(
+                "%d id(s) of %s are not in cache %s (skipped), e.g. %s",
+                len(self.missing_in_cache),
+                table_name,
+                cache_name,
+                self.missing_in_cache[:5],
+            )
+        if self.missing_in_table:
+            log.info(
+                "%d volume(s) of cache %s have no row in %s (not used), e.g. %s",
+                len(self.missing_in_table),
+                cache_name,
+                table_name,
+                self.missing_in_table[:5],
+            )
+
+
+def align_ids(cache_ids: Sequence[str], table_ids: Sequence[str], cache_name: str, table_name: str) -> Alignment:
+    """Intersect ids explicitly (sorted, so the order never depends on file order); error when none match."""
+    cache_set, table_set = set(cache_ids), set(table_ids)
+    common = sorted(cache_set & table_set)
+    out = Alignment(common, sorted(table_set - cache_set), sorted(cache_set - table_set))
+    out.report(cache_name, table_name)
+    if not common:
+        raise ValueError(
+            f"no volume id of {table_name} is in cache {cache_name} "
+            f"(e.g. table {sorted(table_set)[:3]}, cache {sorted(cache_set)[:3]})"
+        )
+    return out
+
+
+def load_label_table(path: str | Path) -> pd.DataFrame:
+    """A labels CSV (``read_labels``) re-indexed by volume id (``train_1_a_1.nii.gz`` -> ``train_1_a_1``)."""
+    df = read_labels(path)
+    ids = [volume_id(v) for v in df.index]
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].tolist()
+        raise ValueError(f"{path}: ids repeat after stripping suffixes: {dup[:5]}")
+    df.index = pd.Index(ids, name="volume_id")
+    return df
+
+
+def read_report_manifest(path: str | Path) -> pd.DataFrame:
+    """A manifest (CSV or Parquet) indexed by ``volume_id`` with at least a ``findings`` column."""
+    path = Path(path)
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
+    except Exception as e:  # pandas raises many types for bad files
+        raise ValueError(f"{path}: cannot read manifest ({e})") from None
+    for col in ("volume_id", "findings"):
+        if col not in df.columns:
+            raise ValueError(f"{path}: manifest has no {col!r} column (columns: {list(df.columns)})")
+    df["volume_id"] = df["volume_id"].astype(str).map(volume_id)
+    dup = df["volume_id"][df["volume_id"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"{path}: duplicate volume_id(s): {dup[:5]}")
+    return df.set_index("volume_id")
+
+
+def report_text(row: pd.Series, include_impressions: bool) -> str:
+    """Findings, optionally followed by Impressions (empty/NaN parts dropped)."""
+    parts = [row.get("findings", "")]
+    if include_impressions:
+        parts.append(row.get("impressions", ""))
+    return " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
+
+
+def patient_of(vid: str) -> str:
+    """``train_1_a_1`` -> ``train_1`` (CT-RATE naming); other ids are their own patient."""
+    parts = vid.split("_")
+    return "_".join(parts[:2]) if len(parts) >= 4 else vid
+
+
+def split_by_patient(ids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out ``fraction`` of the patients (all their volumes) for validation, deterministically."""
+    patients = sorted({patient_of(i) for i in ids})
+    rng = np.random.default_rng(seed)
+    n_val = int(round(fraction * len(patients)))
+    if fraction > 0:
+        n_val = min(max(1, n_val), len(patients) - 1)
+    val_patients = set(rng.permutation(patients)[:n_val].tolist())
+    train = [i for i in ids if patient_of(i) not in val_patients]
+    val = [i for i in ids if patient_of(i) in val_patients]
+    return train, val
+
+
+# ------------------------------------------------------------------------------------------- crops
+def crop_starts(shape: Sequence[int], crop: Sequence[int], rng: np.random.Generator | None) -> tuple[int, ...]:
+    """Corner of a crop: uniform over valid positions with ``rng``, the centre without."""
+    starts = []
+    for s, c in zip(shape, crop):
+        if c > s:
+            raise ValueError(f"crop {tuple(crop)} is larger than the cached volume {tuple(shape)}")
+        starts.append(int(rng.integers(0, s - c + 1)) if rng is not None else (s - c) // 2)
+    return tuple(starts)
+
+
+class VolumeDataset(Dataset):
+    """Crops of cached volumes. ``__getitem__`` takes an index or an ``(epoch, index)`` pair.
+
+    train=True: random crop (and flips if ``random_flip``) from a generator seeded by
+    ``(seed, epoch, index)``; train=False: centre crop, no randomness.
+    """
+
+    def __init__(
+        self,
+        cache: VolumeCache,
+        ids: Sequence[str],
+        train: bool,
+        crop: Sequence[int] | None = None,
+        random_flip: bool = False,
+        seed: int = 0,
+    ):
+        self.cache = cache
+        self.ids = list(ids)
+        self.train = train
+        self.crop = tuple(crop) if crop is not None else tuple(cache.preset.crop)
+        self.random_flip = random_flip
+        self.seed = seed
+        crop_starts(cache.preset.shape, self.crop, None)  # fail early on a crop larger than the volume
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, index: int, epoch: int = 0) -> torch.Tensor:
+        vid = self.ids[index]
+        vol = self.cache.load(vid)  # memory-mapped: slicing reads only the crop
+        if tuple(vol.shape) != tuple(self.cache.preset.shape):
+            raise ValueError(f"{self.cache.path(vid)}: shape {vol.shape} != preset shape {self.cache.preset.shape}")
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        x0, y0, z0 = crop_starts(vol.shape, self.crop, rng)
+        cx, cy, cz = self.crop
+        arr = self.cache.preset.normalize(vol[x0 : x0 + cx, y0 : y0 + cy, z0 : z0 + cz])
+        if self.train and self.random_flip:
+            flips = [ax for ax in range(3) if rng.random() < 0.5]
+            if flips:
+                arr = np.flip(arr, axis=flips)
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+
+    def _unpack(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        if isinstance(key, tuple):
+            return key[1], key[0]
+        return int(key), 0
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = self._unpack(key)
+        return {"image": self.load_image(index, epoch), "id": self.ids[index]}
+
+
+class LabeledVolumeDataset(VolumeDataset):
+    """Volumes with multi-label targets: ``labels`` is a frame indexed by volume id, the 18 findings as columns."""
+
+    def __init__(self, cache: VolumeCache, labels: pd.DataFrame, train: bool, policy: str = "mask", **kw):
+        super().__init__(cache, list(labels.index), train, **kw)
+        values = labels.loc[self.ids, list(FINDINGS)].to_numpy(dtype=np.float32)
+        self.targets, self.weights = to_targets(values, policy)  # (N, 18) each
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = self._unpack(key)
+        return {
+            "image": self.load_image(index, epoch),
+            "id": self.ids[index],
+            "targets": torch.from_numpy(self.targets[index]),
+            "weights": torch.from_numpy(self.weights[index]),
+        }
+
+
+class ReportVolumeDataset(VolumeDataset):
+    """(volume, report text) pairs; ``labels`` (optional, (N, 18) in {1, 0, -1, nan}) for zero-shot AUC."""
+
+    def __init__(
+        self,
+        cache: VolumeCache,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        train: bool,
+        labels: np.ndarray | None = None,
+        **kw,
+    ):
+        super().__init__(cache, ids, train, **kw)
+        if len(texts) != len(self.ids):
+            raise ValueError("texts and ids differ in length")
+        self.texts = list(texts)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = self._unpack(key)
+        item = {"image": self.load_image(index, epoch), "id": self.ids[index], "text": self.texts[index]}
+        if self.labels is not None:
+            item["labels"] = torch.from_numpy(self.labels[index])
+        return item
+
+
+# ----------------------------------------------------------------------------------------- loading
+class EpochSampler(Sampler):
+    """``DistributedSampler`` (one replica when not distributed) yielding ``(epoch, index)`` pairs.
+
+    Shuffling is seeded by ``seed + epoch`` (DistributedSampler's rule), and ``skip`` drops the first
+    samples of this rank's order, so a run resumed after ``b`` batches continues with batch ``b + 1``
+    of the same epoch without loading the skipped volumes.
+    """
+
+    def __init__(
+        self, dataset: Dataset, shuffle: bool, seed: int, world_size: int = 1, rank: int = 0, drop_last: bool = False
+    ):
+        self.inner = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch = epoch
+        self.skip = skip
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for n, index in enumerate(self.inner):
+            if n >= self.skip:
+                yield (self.epoch, index)
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.skip
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy/random in a worker from torch's per-worker seed (torch seeds only itself)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    prefetch_factor: int = 2,
+    world_size: int = 1,
+    rank: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` with an :class:`EpochSampler` (``loader.sampler``).
+
+    Training drops the last incomplete batch (equal batches on every rank); evaluation keeps all items.
+    The loader gets its own torch generator so that creating an iterator (which draws worker seeds)
+    never touches the global RNG of the model (dropout) — required for bit-exact resume.
+    """
+    sampler = EpochSampler(dataset, shuffle=train, seed=seed, world_size=world_size, rank=rank, drop_last=train)
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": seed_worker}
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=train,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
