@@ -63,9 +63,11 @@ def test_single_class_auc_is_nan_and_mean_skips_it():
 def test_youden_threshold_maximises_j():
     y, s = _data(4)
     t = select_threshold(y, s, "youden")
+
     def j(th):
         p = s >= th
         return p[y == 1].mean() - p[y == 0].mean()
+
     assert j(t) == pytest.approx(max(j(c) for c in np.unique(s)))
 
 

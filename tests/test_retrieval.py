@@ -26,9 +26,14 @@ def naive_map(emb, labels, ids, ks, exclude):
     for k in ks:
         per_query = []
         for i in range(len(emb)):
-            cand = [j for j in gallery if not (
-                (exclude == "self" and ids[j] == ids[i]) or (exclude == "scan" and scan_id(ids[j]) == scan_id(ids[i]))
-            )]
+            cand = [
+                j
+                for j in gallery
+                if not (
+                    (exclude == "self" and ids[j] == ids[i])
+                    or (exclude == "scan" and scan_id(ids[j]) == scan_id(ids[i]))
+                )
+            ]
             sims = _cos(emb[i : i + 1], emb[cand])[0]
             hits = [cand[j] for j in _order(sims)[:k]]
             scores = []
