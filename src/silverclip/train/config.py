@@ -144,3 +144,18 @@ class ClipConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(lr=1e-5, min_lr=1e-7, weight_decay=1e-4, grad_clip=1.0)
     )
+
+
+def split_cli_args(items: list[str]) -> tuple[Path | None, list[str]]:
+    """CLI positionals -> (config YAML path or None, ``key=value`` overrides); at most one YAML file."""
+    paths = [i for i in items if "=" not in i]
+    if len(paths) > 1:
+        raise ConfigError(f"expected at most one config file, got {paths} (overrides are key=value)")
+    return (Path(paths[0]) if paths else None), [i for i in items if "=" in i]
+
+
+def path_override(key: str, value: str | Path | None) -> list[str]:
+    """``key=value`` for a path flag, quoted so YAML keeps it a string; ``[]`` when unset."""
+    import json
+
+    return [] if value is None else [f"{key}={json.dumps(str(value))}"]

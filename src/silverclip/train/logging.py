@@ -38,7 +38,9 @@ class MetricsLogger:
 
                 self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step + 1)
             except ImportError:
-                log.warning("TensorBoard is not installed (pip install 'silverclip[tensorboard]'); logging to JSONL/CSV only")
+                log.warning(
+                    "TensorBoard is not installed (pip install 'silverclip[tensorboard]'); logging to JSONL/CSV only"
+                )
 
     def _truncate(self, resume_step: int) -> None:
         if not self.path.is_file():
