@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from silverclip.labels.sentences import Span, split_clauses
+
 AFFIRMED = "affirmed"
 NEGATED = "negated"
 UNCERTAIN = "uncertain"
@@ -39,6 +41,8 @@ class ContextRules:
     """Cue lists compiled from ``context.yaml``; see that file for their meaning."""
 
     clause_boundary: re.Pattern[str]
+    conditional_boundary: re.Pattern[str] | None
+    predicate: re.Pattern[str] | None
     pre_negation: list[re.Pattern[str]]
     post_negation: list[re.Pattern[str]]
     pseudo_negation: list[re.Pattern[str]]
@@ -57,8 +61,11 @@ class ContextRules:
         data = yaml.safe_load(text)
         try:
             boundary = re.compile("|".join(f"(?:{b})" for b in data["clause_boundaries"]), re.IGNORECASE)
+            cond = data.get("conditional_boundaries")
             return cls(
                 clause_boundary=boundary,
+                conditional_boundary=re.compile("|".join(f"(?:{b})" for b in cond), re.IGNORECASE) if cond else None,
+                predicate=re.compile(data["predicate"], re.IGNORECASE) if data.get("predicate") else None,
                 pre_negation=_compile(data["pre_negation"], source),
                 post_negation=_compile(data["post_negation"], source),
                 pseudo_negation=_compile(data.get("pseudo_negation", []), source),
@@ -68,6 +75,10 @@ class ContextRules:
             )
         except KeyError as e:
             raise ValueError(f"{source}: missing key {e}") from None
+
+    def clauses(self, sentence: Span) -> list[Span]:
+        """The clauses (cue scopes) of one sentence."""
+        return split_clauses(sentence, self.clause_boundary, self.conditional_boundary, self.predicate)
 
     def status(self, clause: str, start: int, end: int) -> str:
         """Assertion status of the mention ``clause[start:end]``: AFFIRMED, NEGATED or UNCERTAIN.

@@ -6,7 +6,7 @@ assertion status with ConText-style cues (:mod:`silverclip.labels.context`); agg
 
 - label 1 if any mention is affirmed, else -1 if any is uncertain, else 0 (negated or not mentioned);
 - score (for ROC AUC) graded by the strongest status and the number of such mentions:
-  affirmed 0.8-1.0 > uncertain 0.5-0.6 > negated 0.1 > not mentioned 0.0
+  affirmed 0.8-1.0 > uncertain 0.5-0.6 > weak evidence 0.3-0.4 > negated 0.1 > not mentioned 0.0
   (see :data:`SCORE_BASE`; a finding that is negated somewhere is slightly more likely present than
   one never mentioned, because radiologists mainly negate what they looked for, and the few manual
   positives among unaffirmed findings are mostly in reports that discuss the finding);
@@ -26,13 +26,16 @@ import yaml
 
 from silverclip.findings import FINDINGS
 from silverclip.labels.context import AFFIRMED, NEGATED, UNCERTAIN, ContextRules
-from silverclip.labels.sentences import Span, split_clauses, split_sentences
+from silverclip.labels.sentences import Span, split_sentences
 from silverclip.labels.table import LabelingResult
 
-LABEL_OF_STATUS = {AFFIRMED: 1, UNCERTAIN: -1, NEGATED: 0}
-SCORE_BASE = {AFFIRMED: 0.8, UNCERTAIN: 0.5, NEGATED: 0.1, None: 0.0}
+WEAK = "weak"
+"""Status of a non-negated mention by a ``weak`` rule (indirect evidence): raises the score only."""
+STATUS_ORDER = (AFFIRMED, UNCERTAIN, WEAK, NEGATED)
+LABEL_OF_STATUS = {AFFIRMED: 1, UNCERTAIN: -1, WEAK: 0, NEGATED: 0}
+SCORE_BASE = {AFFIRMED: 0.8, UNCERTAIN: 0.5, WEAK: 0.3, NEGATED: 0.1, None: 0.0}
 """Score of a finding by its decisive status; affirmed/uncertain get a bonus per extra mention."""
-SCORE_BONUS = {AFFIRMED: 0.2, UNCERTAIN: 0.1}
+SCORE_BONUS = {AFFIRMED: 0.2, UNCERTAIN: 0.1, WEAK: 0.1}
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Rule:
 
     patterns: tuple[re.Pattern[str], ...]
     unless: re.Pattern[str] | None = None
+    weak: bool = False
 
     def find(self, clause: str) -> tuple[int, int] | None:
         """Span covering the first match of every pattern, or None."""
@@ -93,7 +97,8 @@ def load_patterns(path: str | Path | None = None) -> dict[str, list[Rule]]:
                 rules.append(Rule((rx(item),)))
             else:
                 unless = item.get("unless")
-                rules.append(Rule(tuple(rx(p) for p in item["all"]), rx(unless) if unless else None))
+                patterns = tuple(rx(p) for p in item["all"])
+                rules.append(Rule(patterns, rx(unless) if unless else None, bool(item.get("weak", False))))
         out[finding] = rules
     return out
 
@@ -113,7 +118,7 @@ class RuleLabeler:
         """Every finding mention in ``text`` with its assertion status, in reading order."""
         out = []
         for sentence in split_sentences(_normalise(text)):
-            for clause in split_clauses(sentence, self.context.clause_boundary):
+            for clause in self.context.clauses(sentence):
                 out.extend(self._clause_mentions(sentence, clause))
         return out
 
@@ -124,6 +129,8 @@ class RuleLabeler:
                 if span is None:
                     continue
                 status = self.context.status(clause.text, *span)
+                if rule.weak and status != NEGATED:
+                    status = WEAK
                 yield Mention(finding, status, sentence.text, clause.text, clause.text[span[0] : span[1]])
                 break  # one mention per finding and clause: the first rule that fires decides
 
@@ -135,7 +142,7 @@ class RuleLabeler:
         labels, scores, evidence = {}, {}, {}
         for finding, ms in by_finding.items():
             statuses = [m.status for m in ms]
-            decisive = next((s for s in (AFFIRMED, UNCERTAIN, NEGATED) if s in statuses), None)
+            decisive = next((s for s in STATUS_ORDER if s in statuses), None)
             labels[finding] = LABEL_OF_STATUS.get(decisive, 0)
             n = statuses.count(decisive) if decisive else 0
             bonus = SCORE_BONUS.get(decisive, 0.0) * (1.0 - 0.5 ** max(n - 1, 0))

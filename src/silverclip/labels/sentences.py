@@ -40,15 +40,35 @@ def split_sentences(text: str) -> list[Span]:
     return out
 
 
-def split_clauses(sentence: Span, boundary: re.Pattern[str]) -> list[Span]:
-    """Cut a sentence into clauses at every match of ``boundary`` (the match itself is dropped)."""
+def split_clauses(
+    sentence: Span,
+    boundary: re.Pattern[str],
+    conditional: re.Pattern[str] | None = None,
+    predicate: re.Pattern[str] | None = None,
+) -> list[Span]:
+    """Cut a sentence into clauses at every match of ``boundary`` (the match itself is dropped).
+
+    ``conditional`` boundaries (such as ", and") cut only where the text on both sides, up to the
+    neighbouring cuts, contains a ``predicate`` (a verb): two statements, not a list of nouns.
+    """
+    text = sentence.text
+    cuts = [m.span() for m in boundary.finditer(text)]
+    if conditional is not None and predicate is not None:
+        for m in conditional.finditer(text):
+            if any(s < m.end() and m.start() < e for s, e in cuts):
+                continue
+            left = max((e for _, e in cuts if e <= m.start()), default=0)
+            right = min((s for s, _ in cuts if s >= m.end()), default=len(text))
+            if predicate.search(text, left, m.start()) and predicate.search(text, m.end(), right):
+                cuts.append(m.span())
+        cuts.sort()
     out: list[Span] = []
     pos = 0
-    for m in boundary.finditer(sentence.text):
-        if m.start() > pos:
-            _add(out, sentence.text, pos, m.start(), offset=sentence.start)
-        pos = m.end()
-    _add(out, sentence.text, pos, len(sentence.text), offset=sentence.start)
+    for start, end in cuts:
+        if start > pos:
+            _add(out, text, pos, start, offset=sentence.start)
+        pos = max(pos, end)
+    _add(out, text, pos, len(text), offset=sentence.start)
     return out or [sentence]
 
 
