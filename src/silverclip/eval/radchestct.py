@@ -119,3 +119,30 @@ def map_predictions(probs: pd.DataFrame | np.ndarray, mapping: Mapping | None = 
         index=frame.index,
     )
     return out.to_numpy() if as_array else out
+
+
+def read_eval_labels(labels: str | Path | pd.DataFrame, protocol: str = "auto") -> tuple[pd.DataFrame, str]:
+    """Ground truth for an evaluation: (frame indexed by volume id, protocol actually used).
+
+    ``protocol``: ``ctrate`` (a CT-RATE-format CSV, 18 findings; ids stripped of ``.nii.gz``),
+    ``radchestct`` (a RAD-ChestCT CSV mapped onto the 16 scored findings), or ``auto`` (RAD-ChestCT
+    when the file has a ``NoteAcc_DEID`` column). A frame is taken as already in CT-RATE layout.
+    """
+    from silverclip.labels.table import read_labels, volume_id
+
+    if isinstance(labels, pd.DataFrame):
+        df = labels.copy()
+        df.index = [volume_id(i) for i in df.index]
+        return df, "ctrate" if protocol == "auto" else protocol
+    path = Path(labels)
+    if protocol == "auto":
+        header = pd.read_csv(path, nrows=0).columns
+        protocol = "radchestct" if ID_COLUMN in header else "ctrate"
+    if protocol == "radchestct":
+        df = map_labels(read_radchestct_labels(path))
+    elif protocol == "ctrate":
+        df = read_labels(path)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; use auto, ctrate or radchestct")
+    df.index = [volume_id(i) for i in df.index]
+    return df, protocol

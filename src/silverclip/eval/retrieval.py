@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -187,3 +188,86 @@ def recall_at_k(
     if return_topk:
         out["topk"] = torch.cat(top_rows).numpy()
     return out
+
+
+def evaluate_retrieval(
+    embeddings,
+    labels,
+    out_dir: str | Path | None = None,
+    *,
+    protocol: str = "auto",
+    exclude: Exclude = "none",
+    recall_mode: RecallMode = "per-volume",
+    map_ks: Sequence[int] = MAP_KS,
+    recall_ks: Sequence[int] = RECALL_KS,
+    n_examples: int = 3,
+    chunk_size: int = 512,
+    texts: dict[str, str] | None = None,
+) -> dict:
+    """Image-to-image MAP@K, report-to-image and image-to-report Recall@K from stored embeddings.
+
+    ``labels`` (CT-RATE or RAD-ChestCT CSV, or a frame) give the MAP@K relevance; only volumes with a
+    label row take part in MAP@K. Recall@K uses the stored report embeddings (ids = volume ids) against
+    the image embeddings; it is skipped when the folder holds no report embeddings. ``texts`` (id ->
+    report) is only used to show example queries. Writes ``retrieval.json``/``.md`` when ``out_dir`` is set.
+    """
+    from silverclip.eval.embeddings import Embeddings, load_embeddings
+    from silverclip.eval.radchestct import read_eval_labels
+
+    emb = embeddings if isinstance(embeddings, Embeddings) else load_embeddings(embeddings)
+    label_df, protocol = read_eval_labels(labels, protocol)
+    pos = {i: r for r, i in enumerate(emb.image_ids)}
+    ids = [i for i in emb.image_ids if i in label_df.index]
+    if not ids:
+        raise ValueError("no embedded volume has a label: check that the ids of embeddings and labels match")
+    names = [c for c in label_df.columns]
+    lab = label_df.loc[ids, names].to_numpy(dtype=float)
+    img = emb.image[[pos[i] for i in ids]]
+    n_show = min(5, max(map_ks))
+    i2i = map_at_k(img, lab, ids=ids, ks=map_ks, exclude=exclude, chunk_size=chunk_size, return_topk=n_show)
+    results: dict = {"task": "retrieval", "protocol": protocol, "image_to_image": i2i, "examples": {}}
+    rng = np.random.default_rng(0)
+    ex_rows = sorted(rng.choice(len(ids), size=min(n_examples, len(ids)), replace=False).tolist())
+    results["examples"]["image_to_image"] = [
+        {
+            "query": ids[r],
+            "labels": [n for n, v in zip(names, lab[r]) if v == 1],
+            "hits": [{"id": ids[h], "jaccard": _jaccard(lab[r], lab[h])} for h in i2i["topk"][r].tolist() if h >= 0],
+        }
+        for r in ex_rows
+    ]
+    if emb.text is not None and len(emb.text_ids):
+        t_ids = [t for t in emb.text_ids if t in pos]
+        t_pos = {t: r for r, t in enumerate(emb.text_ids)}
+        text = emb.text[[t_pos[t] for t in t_ids]]
+        full = emb.image
+        r2i = recall_at_k(text, full, t_ids, emb.image_ids, recall_ks, recall_mode, chunk_size, return_topk=n_show)
+        i2r = recall_at_k(full, text, emb.image_ids, t_ids, recall_ks, recall_mode, chunk_size)
+        key = (lambda x: x) if recall_mode == "per-volume" else scan_id
+        results["examples"]["report_to_image"] = [
+            {
+                "query": t_ids[r],
+                "text": (texts or {}).get(t_ids[r], ""),
+                "hits": [
+                    {"id": emb.image_ids[h], "target": key(emb.image_ids[h]) == key(t_ids[r])}
+                    for h in r2i["topk"][r].tolist()
+                ],
+            }
+            for r in sorted(rng.choice(len(t_ids), size=min(n_examples, len(t_ids)), replace=False).tolist())
+        ]
+        for res in (r2i, i2r):
+            res.pop("topk", None)
+            res.pop("ranks", None)
+        results["report_to_image"], results["image_to_report"] = r2i, i2r
+    i2i.pop("topk", None)
+    if out_dir is not None:
+        from silverclip.eval.report import retrieval_markdown, write_report
+
+        write_report(out_dir, "retrieval", results, retrieval_markdown(results))
+    return results
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a == 1, b == 1
+    union = int((a | b).sum())
+    return float((a & b).sum() / union) if union else 0.0

@@ -149,3 +149,154 @@ def zero_shot_probabilities(
         logits = logit_scale * torch.einsum("ne,fce->nfc", img[i : i + chunk_size], cls)
         out.append(logits.softmax(-1)[..., 0])
     return torch.cat(out).numpy() if out else np.zeros((0, cls.shape[0]), dtype=np.float32)
+
+
+def _statistic(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], thresholds, f1_average, strict):
+    """Per-finding fast metrics on a row subset, flattened to ``{"<finding>/<metric>": value}``."""
+    from silverclip.eval.metrics import METRIC_NAMES, fast_binary_metrics, valid_mask
+
+    valid = valid_mask(labels)
+
+    def stat(idx: np.ndarray) -> dict[str, float]:
+        out: dict[str, float] = {}
+        sums: dict[str, list[float]] = {m: [] for m in METRIC_NAMES}
+        for j, name in enumerate(names):
+            keep = idx[valid[idx, j]]
+            m = fast_binary_metrics(labels[keep, j].astype(int), probs[keep, j], thresholds[j], f1_average, strict)
+            for k, v in m.items():
+                out[f"{name}/{k}"] = v
+                sums[k].append(v)
+        for k, vals in sums.items():
+            arr = np.asarray(vals, dtype=float)
+            out[f"mean/{k}"] = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+        return out
+
+    return stat
+
+
+def _probabilities(emb, template_set: str | None, protocol: str) -> tuple[list[str], np.ndarray, list[str]]:
+    from silverclip.eval.radchestct import load_mapping, map_predictions
+
+    probs = zero_shot_probabilities(emb.image, emb.classifier(template_set), emb.logit_scale)
+    names = emb.findings
+    if protocol == "radchestct":
+        probs = map_predictions(probs)
+        names = load_mapping().scored
+    return list(emb.image_ids), probs, names
+
+
+def _align(ids: list[str], probs: np.ndarray, labels, names: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    pos = {i: r for r, i in enumerate(ids)}
+    common = [i for i in labels.index if i in pos]
+    rows = [pos[i] for i in common]
+    return common, probs[rows], labels.loc[common, list(names)].to_numpy(dtype=float)
+
+
+def evaluate_zero_shot(
+    embeddings,
+    labels,
+    out_dir: str | Path | None = None,
+    *,
+    val_embeddings=None,
+    val_labels=None,
+    mode: str = "default",
+    template_set: str | None = None,
+    threshold_method: str = "youden",
+    protocol: str = "auto",
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Zero-shot diagnosis of stored embeddings against labels; writes a report when ``out_dir`` is given.
+
+    embeddings / val_embeddings: an embeddings folder or :class:`~silverclip.eval.embeddings.Embeddings`.
+    labels / val_labels: a CT-RATE labels CSV, a RAD-ChestCT labels CSV (``protocol``) or a frame.
+    mode: ``default`` (thresholds from the validation split by ``threshold_method`` = youden | f1, or a
+        fixed 0.5 = "positive prompt closer than negative" when no validation split is given; binary
+        F1) or ``ctclip-compatible`` (CT-CLIP's threshold rule on the test labels themselves,
+        ``P > t``, class-weighted F1; ``template_set`` defaults to ``ctclip``).
+    Intervals: scan-level percentile bootstrap with ``n_boot`` replicates (thresholds held fixed).
+    Returns the results dict (also ``zero_shot.json``/``.md``, ``roc_curves.png``, ``probabilities.csv``).
+    """
+    import pandas as pd
+
+    from silverclip.eval.bootstrap import bootstrap
+    from silverclip.eval.embeddings import Embeddings, load_embeddings
+    from silverclip.eval.metrics import per_finding_metrics, select_threshold
+    from silverclip.eval.radchestct import read_eval_labels
+    from silverclip.eval.retrieval import scan_id
+
+    if mode not in ("default", "ctclip-compatible"):
+        raise ValueError(f"unknown mode {mode!r}; use default or ctclip-compatible")
+    emb = embeddings if isinstance(embeddings, Embeddings) else load_embeddings(embeddings)
+    if template_set is None and mode == "ctclip-compatible" and "ctclip" in emb.classifiers:
+        template_set = "ctclip"
+    template_set = template_set or emb.meta.get("default_template_set") or default_template_set()
+    label_df, protocol = read_eval_labels(labels, protocol)
+    ids, probs, names = _probabilities(emb, template_set, protocol)
+    ids, probs, y = _align(ids, probs, label_df, names)
+    warnings = []
+    if not ids:
+        raise ValueError("no embedded volume has a label: check that the ids of embeddings and labels match")
+    n_unlabelled = len(emb.image_ids) - len(ids)
+    if n_unlabelled:
+        warnings.append(f"{n_unlabelled} embedded volume(s) have no label row and were left out")
+    n_unembedded = len(label_df) - len(ids)
+    if n_unembedded:
+        warnings.append(f"{n_unembedded} labelled volume(s) have no embedding (failed or not embedded)")
+
+    strict = mode == "ctclip-compatible"
+    f1_average = "weighted" if strict else "binary"
+    if strict:
+        thresholds = [select_threshold(y[:, j], probs[:, j], "ctclip") for j in range(len(names))]
+        source = "CT-CLIP rule (closest ROC point to (0,1) on a 100-step grid) chosen ON THE TEST SET"
+    elif val_embeddings is not None and val_labels is not None:
+        vemb = val_embeddings if isinstance(val_embeddings, Embeddings) else load_embeddings(val_embeddings)
+        vlabels, _ = read_eval_labels(val_labels, protocol)
+        vids, vprobs, _ = _probabilities(vemb, template_set, protocol)
+        vids, vprobs, vy = _align(vids, vprobs, vlabels, names)
+        if set(vids) & set(ids):
+            warnings.append(f"{len(set(vids) & set(ids))} volume(s) are in both the validation and the test split")
+        thresholds = [select_threshold(vy[:, j], vprobs[:, j], threshold_method) for j in range(len(names))]
+        thresholds = [0.5 if not np.isfinite(t) else t for t in thresholds]
+        source = f"{threshold_method} on a separate validation split ({len(vids)} volumes)"
+    else:
+        thresholds = [0.5] * len(names)
+        source = "fixed 0.5 (no validation split given: P(present) > P(absent))"
+
+    metrics = per_finding_metrics(y, probs, names, thresholds, f1_average, strict)
+    groups = [scan_id(i) for i in ids]
+    boot = bootstrap(_statistic(y, probs, names, thresholds, f1_average, strict), len(ids), groups, n_boot, seed, alpha)
+    results: dict[str, Any] = {
+        "task": "zero-shot",
+        "protocol": protocol,
+        "mode": mode,
+        "template_set": template_set,
+        "prompts": {n: prompt_pairs(n, load_templates(template_set)) for n in names}
+        if template_set in list_template_sets()
+        else None,
+        "logit_scale": emb.logit_scale,
+        "threshold_source": source,
+        "threshold_method": "ctclip" if strict else threshold_method,
+        "strict_threshold": strict,
+        "f1_average": f1_average,
+        "findings": list(names),
+        "n_volumes": len(ids),
+        "n_units": boot.n_units,
+        "metrics": metrics,
+        "bootstrap": boot.to_dict(),
+        "warnings": warnings,
+    }
+    if out_dir is not None:
+        from silverclip.eval.report import plot_roc_curves, write_report, zero_shot_markdown
+        from silverclip.io import atomic_to_csv
+
+        out_dir = Path(out_dir)
+        write_report(out_dir, "zero_shot", results, zero_shot_markdown(results))
+        frame = pd.DataFrame(probs, columns=list(names))
+        frame.insert(0, "volume_id", ids)
+        atomic_to_csv(frame, out_dir / "probabilities.csv", float_format="%.6f")
+        if plots:
+            plot_roc_curves(y, probs, names, out_dir / "roc_curves.png", f"Zero-shot ROC ({protocol}, {mode})")
+    return results
