@@ -4,7 +4,7 @@ A checkpoint is a folder::
 
     model.safetensors      weights (safetensors: loading never unpickles)
     checkpoint.json        {"format": 1, "model_config", "findings", "preset", "tokenizer",
-                            "code_version", "step", "timestamp", "text_files", "extra"}
+                            "code_version", "step", "task", "timestamp", "text_files", "extra"}
     text/<module>/         config.json + tokenizer files of each Hugging Face text tower (no weights)
     training_state.pt      optional: optimizer, scheduler, step, RNG states (plain tensors and
                            containers, read with torch.load(weights_only=True))
@@ -44,6 +44,7 @@ TEXT_DIR = "text"
 
 __all__ = [
     "save_checkpoint",
+    "is_checkpoint",
     "load_model",
     "read_checkpoint_meta",
     "unwrap_model",
@@ -76,6 +77,7 @@ def save_checkpoint(
     preset: Any = None,
     tokenizer: str | None = None,
     step: int = 0,
+    task: str | None = None,
     extra: dict[str, Any] | None = None,
     training_state: dict[str, Any] | None = None,
 ) -> Path:
@@ -88,6 +90,7 @@ def save_checkpoint(
         preset: preprocessing preset (a ``Preset``, its dict, or a built-in name), stored as a dict.
         tokenizer: tokenizer name/path (default: the text tower's, if the model has one).
         step: optimiser step count at saving.
+        task: the stage that produced it (``pretrain`` / ``clip``), recorded for readers.
         extra: anything JSON-able (metrics, the run's config, ...).
         training_state: optional :func:`training_state_dict` output, written in the same atomic swap.
     """
@@ -129,6 +132,7 @@ def save_checkpoint(
             "tokenizer": tokenizer,
             "code_version": code_version(),
             "step": int(step),
+            "task": task,
             "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "text_files": text_files,
             "extra": extra or {},
@@ -139,6 +143,12 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """True when ``folder`` holds a complete checkpoint (weights and metadata)."""
+    folder = Path(folder)
+    return (folder / META_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
 
 
 def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
@@ -271,14 +281,17 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def training_state_dict(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    extra: dict[str, Any] | None = None,
+    *,
     step: int = 0,
     rng_states: dict[str, Any] | list[dict[str, Any]] | None = None,
-    *,
     scaler: Any = None,
-    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything besides the weights that resumption needs. ``rng_states``: one
-    :func:`capture_rng_state` dict, or a list with one per rank (restored by rank); default: this process's."""
+    """Everything besides the weights that resumption needs, as plain tensors/containers.
+
+    ``rng_states``: one :func:`capture_rng_state` dict, or a list with one per rank (restored by rank);
+    default: this process's states, captured now. ``extra``: JSON-like loop state (epoch, batch, ...).
+    """
     return {
         "format": FORMAT_VERSION,
         "step": int(step),
@@ -294,16 +307,16 @@ def save_training_state(
     folder: str | Path,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    extra: dict[str, Any] | None = None,
+    *,
     step: int = 0,
     rng_states: dict[str, Any] | list[dict[str, Any]] | None = None,
-    *,
     scaler: Any = None,
-    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``<folder>/training_state.pt`` atomically (the file alone; prefer passing
-    ``training_state=training_state_dict(...)`` to :func:`save_checkpoint` so weights and state swap together)."""
+    """Write ``<folder>/training_state.pt`` atomically (the file alone; passing
+    ``training_state=training_state_dict(...)`` to :func:`save_checkpoint` swaps weights and state together)."""
     path = Path(folder) / TRAINING_STATE_FILE
-    state = training_state_dict(optimizer, scheduler, step, rng_states, scaler=scaler, extra=extra)
+    state = training_state_dict(optimizer, scheduler, extra, step=step, rng_states=rng_states, scaler=scaler)
     with atomic_open(path, "wb") as f:
         torch.save(state, f)
     return path
@@ -311,6 +324,7 @@ def save_training_state(
 
 def load_training_state(
     folder: str | Path,
+    model: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     *,
@@ -319,15 +333,24 @@ def load_training_state(
     rank: int | None = None,
     map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Read ``<folder>/training_state.pt`` (weights-only), load it into the given objects, restore the RNG
-    states (this rank's when a per-rank list was saved) and return the dict (``step``, ``extra``, ...)."""
-    path = Path(folder) / TRAINING_STATE_FILE
+    """Resume from a checkpoint folder: load ``model.safetensors`` into ``model`` (strict; DDP/compile
+    wrappers are unwrapped), ``training_state.pt`` (weights-only) into ``optimizer``/``scheduler``/``scaler``,
+    restore the RNG states (this rank's when a per-rank list was saved) and return the state dict
+    ``{"step", "extra", "rng", "optimizer", "scheduler", "scaler", "format"}``. Any argument may be ``None``.
+    """
+    folder = Path(folder)
+    path = folder / TRAINING_STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {TRAINING_STATE_FILE} to resume from")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"{path}: cannot be read as a weights-only training state ({type(e).__name__}: {e})") from e
+    if model is not None:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / WEIGHTS_FILE), device=str(torch.device(map_location)))
+        unwrap_model(model).load_state_dict(weights, strict=True)
     if optimizer is not None:
         if state.get("optimizer") is None:
             raise ValueError(f"{path}: has no optimizer state")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,7 @@ __all__ = [
     "get_world_size",
     "is_main_process",
     "barrier",
+    "broadcast_object",
     "all_gather_with_grad",
     "all_gather_varlen",
     "all_reduce_mean",
@@ -45,11 +47,12 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
 
     ``backend`` defaults to ``nccl`` when CUDA is available, else ``gloo``. ``device`` defaults to
     ``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``; the CUDA device is made current.
+    ``device="auto"`` is the same as ``None``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
+    if device is None or device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -80,6 +83,16 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself in a single process).
+    Only for objects this run created (it pickles over the process group)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:

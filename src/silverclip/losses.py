@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from silverclip.distributed import all_gather_with_grad, get_rank, get_world_size
 
-__all__ = ["ClipLoss", "clip_logits", "masked_bce_with_logits", "MaskedBCEWithLogitsLoss"]
+__all__ = ["ClipLoss", "clip_logits", "masked_bce", "masked_bce_with_logits", "MaskedBCEWithLogitsLoss"]
 
 
 def clip_logits(
@@ -92,3 +92,6 @@ class MaskedBCEWithLogitsLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return masked_bce_with_logits(logits, targets, weights, self.pos_weight)
+
+
+masked_bce = masked_bce_with_logits  # short alias

@@ -7,6 +7,7 @@ device, CPU included) or ``"fp32"`` (off). bf16 needs no gradient scaler (same e
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,3 +27,11 @@ def autocast(device: str | torch.device, precision: str = "auto") -> contextlib.
 
 def uses_bf16(device: str | torch.device, precision: str = "auto") -> bool:
     return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
+def autocast_factory(
+    precision: str, device: str | torch.device
+) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A zero-argument callable returning a fresh :func:`autocast` context (for code that enters it often)."""
+    autocast(device, precision)  # validate now, not at the first step
+    return lambda: autocast(device, precision)
