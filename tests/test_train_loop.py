@@ -140,9 +140,19 @@ def test_fit_runs_and_checkpoints_on_a_single_cpu_process(tmp_path):
     cfg = load_config(
         PretrainConfig,
         None,
-        [f"out={tmp_path / 'run'}", f"cache={paths['cache']}", f"labels={paths['labels']}",
-         f"val_labels={paths['val_labels']}", "model=resnet10_3d", f"model_kwargs={TINY_IMAGE}",
-         "train.epochs=2", "train.grad_accum=2", "train.log_every=1", "train.warmup_steps=1", "train.progress=false"],
+        [
+            f"out={tmp_path / 'run'}",
+            f"cache={paths['cache']}",
+            f"labels={paths['labels']}",
+            f"val_labels={paths['val_labels']}",
+            "model=resnet10_3d",
+            f"model_kwargs={TINY_IMAGE}",
+            "train.epochs=2",
+            "train.grad_accum=2",
+            "train.log_every=1",
+            "train.warmup_steps=1",
+            "train.progress=false",
+        ],
     )
     res = _pretrain(cfg)
     steps_per_epoch = N_TRAIN // (2 * 2)

@@ -93,6 +93,16 @@ class TrainConfig:
 
 
 @dataclass
+class ClipTrainConfig(TrainConfig):
+    """CLIP's defaults (paper: lr 1e-5, gradient clipping). A subclass, not a ``default_factory``, so that
+    a YAML or ``train.x=...`` override of one field keeps the stage's defaults for the others."""
+
+    lr: float = 1e-5
+    min_lr: float = 1e-7
+    grad_clip: float | None = 1.0
+
+
+@dataclass
 class PretrainConfig:
     """``silverclip pretrain``: multi-label BCE of a 3D image encoder on a labels CSV (silver or gold).
 
@@ -111,7 +121,7 @@ class PretrainConfig:
     model: str = "resnet18_3d"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, min_lr=1e-6, weight_decay=1e-4))
+    train: TrainConfig = field(default_factory=TrainConfig)  # the paper's pre-training settings are the defaults
 
 
 @dataclass
@@ -141,9 +151,7 @@ class ClipConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     retrieval_ks: list[int] = field(default_factory=lambda: [5, 10, 50, 100])
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(lr=1e-5, min_lr=1e-7, weight_decay=1e-4, grad_clip=1.0)
-    )
+    train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
 
 
 def split_cli_args(items: list[str]) -> tuple[Path | None, list[str]]:

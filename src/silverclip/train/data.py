@@ -240,7 +240,7 @@ class ReportVolumeDataset(VolumeDataset):
         index, epoch = self._unpack(key)
         item = {"image": self.load_image(index, epoch), "id": self.ids[index], "text": self.texts[index]}
         if self.labels is not None:
-            item["labels"] = torch.from_numpy(self.labels[index])
+            item["labels"] = torch.tensor(self.labels[index])
         return item
 
 

@@ -80,29 +80,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 # ------------------------------------------------------------------------------------------ RNG
-def rng_state() -> dict[str, Any]:
-    """Global RNG states as plain values/tensors (loadable with ``torch.load(weights_only=True)``)."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": [list(v) if isinstance(v, tuple) else v for v in random.getstate()],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -121,9 +98,38 @@ def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) 
     return out
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
+def _is_ckpt(folder: Path) -> bool:
+    from silverclip.checkpoint import META_FILE, WEIGHTS_FILE
+
+    return (folder / META_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
+def _resumable(folder: Path) -> bool:
+    from silverclip.checkpoint import TRAINING_STATE_FILE
+
+    return _is_ckpt(folder) and (folder / TRAINING_STATE_FILE).is_file()
+
+
+def _gather_to_main(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` in a single process)."""
+    from silverclip import distributed as dist
+
+    if not dist.is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (identity in a single process)."""
+    from silverclip import distributed as dist
+
+    if not dist.is_distributed():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -146,7 +152,7 @@ def fit(
     from silverclip import precision
 
     run_dir = Path(run_dir)
-    env = dist.init_distributed(cfg.device)
+    env = dist.init_distributed(device=None if cfg.device == "auto" else cfg.device)
     device, rank, world, main = env.device, env.rank, env.world_size, env.is_main
     last_dir, best_dir = run_dir / LAST, run_dir / BEST
 
@@ -190,10 +196,11 @@ def fit(
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, total, cfg.min_lr)
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None, "val": {}}
-    if cfg.resume and ckpt.is_checkpoint(last_dir):
-        extra = ckpt.load_training_state(last_dir, model, optimizer, scheduler, map_location=device)
-        state.update(extra["loop"])
-        set_rng_state(extra["rng"])
+    if cfg.resume and _resumable(last_dir):
+        saved = ckpt.load_training_state(  # weights, optimizer, scheduler and RNG states
+            last_dir, model=model, optimizer=optimizer, scheduler=scheduler, map_location=device
+        )
+        state.update(saved["extra"]["loop"])
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             last_dir,
@@ -203,14 +210,8 @@ def fit(
         )
         if state["step"] >= total:
             log.info("%s already finished its %d steps; nothing to do", run_dir, total)
-            return FitResult(
-                best_dir if ckpt.is_checkpoint(best_dir) else last_dir,
-                last_dir,
-                state["step"],
-                total,
-                True,
-                state.get("val", {}),
-            )
+            best = best_dir if _is_ckpt(best_dir) else last_dir
+            return FitResult(best, last_dir, state["step"], total, True, state.get("val", {}))
 
     step_model: nn.Module = model
     if world > 1:
@@ -223,16 +224,30 @@ def fit(
     if cfg.compile:
         step_model = torch.compile(step_model)
 
-    autocast = precision.autocast_factory(cfg.precision, device)
+    def autocast() -> contextlib.AbstractContextManager:
+        return precision.autocast(device, cfg.precision)
+
     logger = MetricsLogger(run_dir, enabled=main, tensorboard=cfg.tensorboard, resume_step=state["step"])
-    info = {**task.checkpoint_info(), "model_config": getattr(model, "model_config", None)}
+    info = task.checkpoint_info()
+    meta = {"findings": info.get("findings"), "preset": info.get("preset"), "tokenizer": info.get("tokenizer")}
 
     def save(folder: Path, with_state: bool) -> None:
+        training_state = None
+        if with_state:
+            rngs = _gather_to_main(ckpt.capture_rng_state())  # one RNG state per rank
+            loop_state = {k: state[k] for k in ("step", "epoch", "batch_in_epoch", "best_metric", "val")}
+            training_state = ckpt.training_state_dict(
+                optimizer,
+                scheduler,
+                extra={"loop": loop_state},
+                step=state["step"],
+                rng_states=rngs if world > 1 else rngs[0],
+            )
         if main:
-            ckpt.save_checkpoint(folder, model, step=state["step"], **info)
-            if with_state:
-                loop_state = {k: state[k] for k in ("step", "epoch", "batch_in_epoch", "best_metric", "val")}
-                ckpt.save_training_state(folder, optimizer, scheduler, {"loop": loop_state, "rng": rng_state()})
+            extra = {"val": state["val"], "epoch": state["epoch"]}
+            ckpt.save_checkpoint(
+                folder, model, step=state["step"], task=task.name, extra=extra, training_state=training_state, **meta
+            )
         dist.barrier()
 
     def validate() -> dict[str, float]:
@@ -244,7 +259,7 @@ def fit(
             metrics = task.validate(model, val_loader, device, autocast)
             metrics["time_s"] = time.perf_counter() - t0
             model.train()
-        return dist.broadcast_object(metrics)
+        return _broadcast_from_main(metrics)
 
     def end_of_epoch_eval() -> None:
         metrics = validate()
@@ -331,5 +346,5 @@ def fit(
     completed = state["step"] >= total
     if val_loader is None and completed:
         save(best_dir, with_state=False)  # without validation the final model is the one to use
-    best = best_dir if ckpt.is_checkpoint(best_dir) else last_dir
+    best = best_dir if _is_ckpt(best_dir) else last_dir
     return FitResult(best, last_dir, state["step"], total, completed, state.get("val", {}))

@@ -99,7 +99,6 @@ class SupervisedTask(Task):
         self.model_name = model_name
         self.preset = preset
         self.model_kwargs = {"num_classes": len(FINDINGS), **(model_kwargs or {})}
-        self.criterion = _masked_bce()
 
     def build_model(self) -> nn.Module:
         from silverclip.models import create_model
@@ -110,11 +109,14 @@ class SupervisedTask(Task):
         return {"findings": list(FINDINGS), "preset": self.preset.to_dict(), "task": self.name}
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        logits = model(batch["image"]).float()
-        return self.criterion(logits, batch["targets"], batch["weights"])
+        from silverclip.losses import masked_bce_with_logits
+
+        return masked_bce_with_logits(model(batch["image"]), batch["targets"], batch["weights"])
 
     @torch.no_grad()
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast: AutocastFactory) -> dict:
+        from silverclip.losses import masked_bce_with_logits
+
         model.eval()
         scores, targets, weights, losses = [], [], [], []
         for batch in loader:
@@ -122,7 +124,7 @@ class SupervisedTask(Task):
             with autocast():
                 logits = model(x).float()
             t, w = batch["targets"], batch["weights"]
-            losses.append(float(self.criterion(logits.cpu(), t, w)) * len(x))
+            losses.append(float(masked_bce_with_logits(logits.cpu(), t, w)) * len(x))
             scores.append(torch.sigmoid(logits).cpu().numpy())
             targets.append(t.numpy())
             weights.append(w.numpy())
@@ -165,7 +167,7 @@ class ClipTask(Task):
         self.ddp_find_unused_parameters = True  # the image tower's classification head is not used by CLIP
         self._config: dict[str, Any] | None = None
         self.module: nn.Module | None = None
-        self.criterion: nn.Module | None = None
+        self._losses: dict[bool, nn.Module] = {}
 
     def build_model(self) -> nn.Module:
         """``create_model("clip", image=..., text=...)``; the image tower's architecture comes from the
@@ -189,7 +191,6 @@ class ClipTask(Task):
         if self.init is not None:
             model.load_image_tower_from(self.init)
         self.module = model
-        self._config = model.model_config
         return model
 
     def checkpoint_info(self) -> dict[str, Any]:
@@ -197,12 +198,13 @@ class ClipTask(Task):
         tok = getattr(text, "tokenizer_name", None) or getattr(text, "name_or_path", self.text_model)
         return {"findings": list(FINDINGS), "preset": self.preset.to_dict(), "tokenizer": tok, "task": self.name}
 
-    def _criterion(self) -> nn.Module:
-        if self.criterion is None:
+    def _criterion(self, gather: bool = True) -> nn.Module:
+        """ClipLoss; training gathers across ranks, validation (rank 0 alone) must not."""
+        if gather not in self._losses:
             from silverclip.losses import ClipLoss
 
-            self.criterion = ClipLoss()
-        return self.criterion
+            self._losses[gather] = ClipLoss(gather=gather)
+        return self._losses[gather]
 
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         tokens = self.module.tokenize(list(texts))
@@ -223,7 +225,7 @@ class ClipTask(Task):
                 out = model(x, self.tokenize(batch["text"], device))
             i, t = out["image_embeds"].float(), out["text_embeds"].float()
             if len(x) > 1:  # in-batch contrastive loss (no gather), a comparable number across epochs
-                losses += float(self._criterion()(i, t, out["logit_scale"].float())) * len(x)
+                losses += float(self._criterion(gather=False)(i, t, out["logit_scale"].float())) * len(x)
                 n += len(x)
             img.append(i.cpu())
             txt.append(t.cpu())
@@ -257,21 +259,6 @@ class ClipTask(Task):
         emb = emb.view(len(FINDINGS), 2, -1)  # (F, 2, E)
         sims = torch.einsum("ne,fke->nfk", image_embeds, emb)  # (N, F, 2)
         return torch.softmax(sims, dim=-1)[..., 0].numpy()
-
-
-def _masked_bce() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Weighted BCE from silverclip.losses (H5), with a local fallback until it lands."""
-    try:
-        from silverclip.losses import masked_bce  # type: ignore[attr-defined]
-
-        return masked_bce
-    except ImportError:
-
-        def fallback(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum")
-            return loss / weights.sum().clamp_min(1.0)
-
-        return fallback
 
 
 def _checkpoint_model_config(folder: Path) -> dict[str, Any]:
