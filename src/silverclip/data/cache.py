@@ -54,3 +54,63 @@ class VolumeCache:
         if not path.is_file():
             raise FileNotFoundError(f"volume {volume_id!r} is not in cache {self.root}")
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+class CacheWriter:
+    """Write access to a cache folder, used by preprocessing (``silverclip.data.preprocess``).
+
+    Creating a writer writes ``preset.json`` (or checks that an existing cache was built with the same
+    preset: mixing presets in one folder is an error). Volumes are written atomically, so an interrupted
+    run leaves only complete ``.npy`` files and a rerun skips them.
+    """
+
+    def __init__(self, root: str | Path, preset: Preset):
+        from silverclip.io import atomic_write_json
+
+        self.root = Path(root)
+        self.preset = preset
+        (self.root / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
+        preset_path = self.root / PRESET_FILE
+        if preset_path.is_file():
+            existing = Preset.from_dict(json.loads(preset_path.read_text()))
+            if existing.to_dict() != preset.to_dict():
+                raise ValueError(
+                    f"{self.root} was built with preset {existing.name!r} {existing.to_dict()}; "
+                    f"refusing to add volumes made with {preset.name!r} - use another output folder"
+                )
+        else:
+            atomic_write_json(preset_path, preset.to_dict())
+
+    def path(self, volume_id: str) -> Path:
+        return self.root / VOLUMES_DIR / f"{volume_id}.npy"
+
+    def __contains__(self, volume_id: str) -> bool:
+        return self.path(volume_id).is_file()
+
+    def write(self, volume_id: str, array: np.ndarray) -> Path:
+        """Atomically save one preprocessed volume (int16, shape ``preset.shape``)."""
+        from silverclip.io import atomic_save_npy
+
+        if array.dtype != np.int16 or tuple(array.shape) != tuple(self.preset.shape):
+            raise ValueError(
+                f"{volume_id}: cache volumes must be int16 {self.preset.shape}, got {array.dtype} {array.shape}"
+            )
+        path = self.path(volume_id)
+        atomic_save_npy(path, array)
+        return path
+
+    def update_index(self, rows: list[dict]) -> None:
+        """Merge ``rows`` (dicts with at least ``volume_id``) into ``index.csv``; keep only volumes present on disk."""
+        import pandas as pd
+
+        from silverclip.io import atomic_to_csv
+
+        index_path = self.root / INDEX_FILE
+        frames = [pd.read_csv(index_path, dtype={"volume_id": str})] if index_path.is_file() else []
+        if rows:
+            frames.append(pd.DataFrame(rows))
+        if not frames:
+            return
+        df = pd.concat(frames, ignore_index=True).drop_duplicates("volume_id", keep="last")
+        df = df[[vid in self for vid in df["volume_id"]]].sort_values("volume_id")
+        atomic_to_csv(df, index_path)
