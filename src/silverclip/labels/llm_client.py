@@ -136,13 +136,15 @@ def resolve_api_key(config: LLMConfig) -> str:
     raise ValueError(f"no API key: set the environment variable {config.api_key_env} for {config.base_url}")
 
 
-def make_client(config: LLMConfig, api_key: str) -> openai.AsyncOpenAI:
+def make_client(config: LLMConfig, api_key: str, transport: object | None = None) -> openai.AsyncOpenAI:
     """An AsyncOpenAI client with retries off (ours apply) and, for loopback, proxies from the env ignored.
 
     Why ``trust_env=False`` for loopback: with HTTP(S)_PROXY set, httpx would route even a
     127.0.0.1 request through the proxy, sending report text off the machine behind the guard's back.
+    ``transport`` (an httpx transport of the client's own httpx flavour) is for tests only.
     """
-    http_client = openai.DefaultAsyncHttpxClient(trust_env=not is_loopback_url(config.base_url))
+    kwargs = {"transport": transport} if transport is not None else {}
+    http_client = openai.DefaultAsyncHttpxClient(trust_env=not is_loopback_url(config.base_url), **kwargs)
     return openai.AsyncOpenAI(
         base_url=config.base_url,
         api_key=api_key,
