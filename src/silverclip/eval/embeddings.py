@@ -123,10 +123,11 @@ def model_input(hu: np.ndarray, preset: Preset) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(preset.normalize(center_crop(hu, preset.crop))))[None, None]
 
 
-def report_text(row: pd.Series) -> str:
-    """The report text embedded for a volume: Findings then Impressions (either may be empty)."""
-    parts = [str(row.get(c, "") or "") for c in ("findings", "impressions")]
-    return " ".join(p.strip() for p in parts if p.strip() and p.strip().lower() != "nan")
+def report_text(row: pd.Series, include_impressions: bool = False) -> str:
+    """The report text embedded for a volume: Findings, optionally + Impressions, as CLIP training builds it."""
+    cols = ("findings", "impressions") if include_impressions else ("findings",)
+    parts = [row.get(c, "") for c in cols]
+    return " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
 
 
 def read_manifest(manifest: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +141,11 @@ def read_manifest(manifest: str | Path | pd.DataFrame) -> pd.DataFrame:
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
     if "volume_id" not in df.columns:
         raise ValueError("manifest has no volume_id column")
-    return df.reset_index(drop=True)
+    from silverclip.labels.table import volume_id
+
+    df = df.reset_index(drop=True)
+    df["volume_id"] = df["volume_id"].astype(str).map(volume_id)
+    return df
 
 
 class _Shards:
@@ -185,6 +190,8 @@ def compute_embeddings(
     shard_size: int = 64,
     device: str = "cpu",
     texts: bool = True,
+    include_impressions: bool = False,
+    split: str | None = None,
     progress: bool = True,
 ) -> tuple[Embeddings, FailureLog]:
     """Embed every manifest volume found in ``cache`` (and its report), plus the zero-shot classifiers.
@@ -192,6 +199,8 @@ def compute_embeddings(
     ``model`` is a CLIP model (``encode_image``, ``encode_text``, ``tokenize``). Volumes are centre-cropped
     to the cache preset's ``crop`` and normalised. Finished shards of an earlier run in ``out/parts`` are
     reused (resume). Per-volume failures (missing from the cache, unreadable) are collected, not raised.
+    Report text = Findings (+ Impressions with ``include_impressions``), as in CLIP training; ``split``
+    keeps only manifest rows of that split.
     Returns the saved :class:`Embeddings` and the failure log (also written to ``out/failures.json``).
     """
     from silverclip.eval.zero_shot import build_zero_shot_classifier, list_template_sets, logit_scale_of
@@ -199,6 +208,10 @@ def compute_embeddings(
     out = Path(out)
     cache = cache if isinstance(cache, VolumeCache) else VolumeCache(cache)
     df = read_manifest(manifest)
+    if split is not None:
+        if "split" not in df.columns:
+            raise ValueError("manifest has no split column to select from")
+        df = df[df["split"].astype(str) == split]
     failures = FailureLog("embed")
     model.eval().to(device)
     img_shards, txt_shards = _Shards(out / "parts", "image"), _Shards(out / "parts", "text")
@@ -241,7 +254,7 @@ def compute_embeddings(
         vid = str(row["volume_id"])
         try:
             hu = cache.load(vid)
-            batch.append((vid, model_input(hu, cache.preset), report_text(row)))
+            batch.append((vid, model_input(hu, cache.preset), report_text(row, include_impressions)))
         except Exception as e:  # one bad volume never stops the run
             failures.add(vid, cache.path(vid), e)
             continue
@@ -271,6 +284,7 @@ def compute_embeddings(
         "findings": list(FINDINGS),
         "default_template_set": sets[0] if template_sets else None,
         "preset": cache.preset.to_dict(),
+        "include_impressions": include_impressions,
         "cache": str(cache.root),
         "code_version": code_version(),
     }

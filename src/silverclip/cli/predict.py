@@ -1,0 +1,57 @@
+"""``silverclip predict SCAN --checkpoint CKPT``: P(present) of each finding for one NIfTI file or DICOM folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="zero-shot finding probabilities for your own scan",
+        description=(
+            "SCAN is a NIfTI file or a DICOM series folder. It is preprocessed with the preset stored in the "
+            "checkpoint, centre-cropped and embedded once; P(present) comes from the zero-shot prompt pairs."
+        ),
+    )
+    p.add_argument("scan", nargs="+", help="NIfTI file(s) or DICOM series folder(s)")
+    p.add_argument("--checkpoint", required=True, help="CLIP checkpoint folder")
+    p.add_argument("--finding", action="append", default=[], help="extra free-text finding (repeatable)")
+    p.add_argument("--templates", help="prompt template set (default: prompts.yaml's default)")
+    p.add_argument("--out", help="JSON file to write (one scan: an object; several: a list)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from silverclip.inference import load
+    from silverclip.io import FailureLog, atomic_write_json
+
+    model = load(args.checkpoint, device=args.device, template_set=args.templates)
+    failures = FailureLog("predict")
+    results = []
+    for scan in args.scan:
+        try:
+            probs = model.predict(scan, args.finding)
+        except Exception as e:  # one unreadable scan does not stop the others
+            failures.add(scan, scan, e)
+            continue
+        results.append(
+            {
+                "scan": str(scan),
+                "checkpoint": str(args.checkpoint),
+                "preset": model.preset.name,
+                "template_set": model.template_set,
+                "probabilities": {f: probs[f] for f in model.findings},
+                "extra_findings": {f: probs[f] for f in args.finding},
+            }
+        )
+        print(f"\n{scan}")
+        width = max(len(f) for f in probs)
+        for f, p in probs.items():
+            tag = "  (free text)" if f in args.finding and f not in model.findings else ""
+            print(f"  {f:<{width}}  {p:.4f}{tag}")
+    if args.out and results:
+        atomic_write_json(args.out, results[0] if len(args.scan) == 1 else results)
+    failures.report()
+    return failures.exit_code
