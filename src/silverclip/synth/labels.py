@@ -2,7 +2,8 @@
 
 The shipped table ``resources/synth/label_patterns.csv`` was derived once from CT-RATE's official
 ``train_predicted_labels.csv`` (47,149 volumes; 24,128 scans of 20,000 patients) with
-:func:`build_pattern_table`. It holds, as 18-character bit strings in :data:`FINDINGS` order, rows ``pattern,next,count``:
+:func:`build_pattern_table`. It holds rows ``pattern,next,count`` with 18-character bit strings in
+:data:`FINDINGS` order:
 
 - rows with an empty ``next``: the label pattern of each patient's first scan, with its count (5,301 patterns);
 - rows with ``next``: (previous scan pattern -> next scan pattern) transitions between consecutive scans of
