@@ -294,6 +294,7 @@ def test_torchvision_r3d_weights(tmp_path: Path) -> None:
     assert len(report.loaded) == len(default.state_dict()) - 3  # all but stem conv and the 400-class head
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_external_weights_never_unpickle(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
