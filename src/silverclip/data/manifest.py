@@ -81,7 +81,7 @@ def validate_manifest(df: pd.DataFrame, source: str | Path = "manifest") -> pd.D
         raise ManifestError(f"{source}: missing manifest column(s) {missing}")
     df = df.copy()
     for col in _TEXT:
-        df[col] = df[col].fillna("").astype(str)
+        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     ids = df["volume_id"]
     if (ids == "").any():
         raise ManifestError(f"{source}: {int((ids == '').sum())} row(s) with an empty volume_id")

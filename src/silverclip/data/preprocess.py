@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -205,7 +206,7 @@ def preprocess_manifest(
     bar.close()
     writer.update_index(rows)
     _write_failures(writer, failures)
-    failures.report()
+    failures.report(sys.stderr)  # resolved now, not at import time (captured streams, notebooks)
     return failures
 
 

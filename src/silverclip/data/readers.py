@@ -144,7 +144,7 @@ def _check_array(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
-        raise VolumeReadError(f"{path}: expected a 3D volume, got an array of shape {tuple(array.shape)}")
+        raise VolumeReadError(f"{path}: array of shape {tuple(array.shape)} is not 3D (a 2D image?); expected a volume")
     if min(array.shape) < 2:
         raise VolumeReadError(f"{path}: array of shape {tuple(array.shape)} is a 2D image or empty, not a volume")
     if np.issubdtype(array.dtype, np.floating):
@@ -219,7 +219,7 @@ def read_nifti(
     if len(raw) < needed:
         raise VolumeReadError(f"{path}: truncated NIfTI data ({len(raw)} bytes, header needs {needed})")
     if len(shape) < 3:
-        raise VolumeReadError(f"{path}: expected a 3D volume, got an array of shape {shape}")
+        raise VolumeReadError(f"{path}: array of shape {shape} is not 3D (a 2D image?); expected a volume")
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
     if dtype.byteorder not in ("=", "|", nib.volumeutils.native_code):
         data = data.astype(dtype.newbyteorder("="))
