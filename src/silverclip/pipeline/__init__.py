@@ -1,0 +1,1 @@
+"""The end-to-end pipeline (``silverclip run``) and the thesis ablation (``silverclip ablate``)."""

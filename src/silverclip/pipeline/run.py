@@ -1,0 +1,313 @@
+"""``silverclip run CONFIG``: data -> preprocess -> labels -> pre-training -> CLIP -> embeddings -> evaluation -> report.
+
+Every stage writes into one run folder and is skipped when complete (:mod:`silverclip.pipeline.stages`);
+stages that take long resume internally (preprocessing cache, training checkpoints, LLM answer cache),
+so a killed run resumes at the stage *and step* where it stopped. The functions below only wire the
+library together; each does what the matching ``silverclip <stage>`` command does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from silverclip.config import config_from_dict, deep_merge
+from silverclip.findings import FINDINGS
+from silverclip.io import atomic_write_json
+from silverclip.pipeline.config import PipelineConfig
+from silverclip.pipeline.stages import StageRunner
+from silverclip.runs import prepare_run_dir
+
+log = logging.getLogger(__name__)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _reports(manifest: pd.DataFrame) -> dict[str, str]:
+    """volume id -> Findings + Impressions (what a labeller reads)."""
+    out = {}
+    for row in manifest.itertuples(index=False):
+        parts = [str(p) for p in (row.findings, row.impressions) if isinstance(p, str) and p.strip()]
+        out[str(row.volume_id)] = "\n\n".join(parts)
+    return out
+
+
+def _gold(manifest: pd.DataFrame) -> pd.DataFrame | None:
+    if not all(f in manifest.columns for f in FINDINGS):
+        return None
+    gold = manifest.set_index("volume_id")[list(FINDINGS)]
+    return None if gold.isna().all().all() else gold
+
+
+@dataclass
+class Pipeline:
+    """The stages of one run; each method is one resumable stage returning its outputs (paths, numbers)."""
+
+    cfg: PipelineConfig
+    force: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.cfg.run_dir)
+        self.runner = StageRunner(self.run_dir, force=self.force)
+
+    # ---------------------------------------------------------------- data
+    def data(self) -> dict[str, Any]:
+        src = self.cfg.source
+
+        def build() -> dict[str, Any]:
+            from silverclip.data.manifest import read_manifest, write_manifest
+
+            out = self.run_dir / "manifests"
+            if src.kind == "manifest":
+                train, valid = read_manifest(src.train_manifest), read_manifest(src.valid_manifest)
+            else:
+                from silverclip.data.ctrate import ingest_ctrate
+
+                root = src.root if src.kind == "ctrate" else self.run_dir / "data"
+                if src.kind == "synth":
+                    from silverclip.synth.dataset import SynthConfig, make_synthetic_ctrate
+
+                    synth_cfg = config_from_dict(SynthConfig, {"seed": self.cfg.seed, **src.synth})
+                    failures = make_synthetic_ctrate(root, synth_cfg, progress=self.cfg.progress)
+                    failures.report()
+                    if failures:
+                        raise RuntimeError(f"synthetic data generation failed for {len(failures)} volume(s)")
+                train = ingest_ctrate(root, "train", version=src.version)
+                valid = ingest_ctrate(root, "valid", version=src.version)
+            if src.max_train_volumes:
+                train = train.iloc[: src.max_train_volumes]
+            outputs: dict[str, Any] = {
+                "train_manifest": str(write_manifest(train, out / "train.csv")),
+                "valid_manifest": str(write_manifest(valid, out / "valid.csv")),
+                "n_train": len(train),
+                "n_valid": len(valid),
+            }
+            from silverclip.labels.table import write_labels
+
+            for split, df in (("train", train), ("valid", valid)):
+                gold = _gold(df)
+                if gold is not None:
+                    write_labels(gold, self.run_dir / "labels" / f"gold_{split}.csv")
+                    outputs[f"gold_{split}"] = str(self.run_dir / "labels" / f"gold_{split}.csv")
+            return outputs
+
+        return self.runner.run("data", build, config=(src, self.cfg.seed))
+
+    # ---------------------------------------------------------------- preprocess
+    def preprocess(self, data: dict[str, Any]) -> dict[str, Any]:
+        pcfg = self.cfg.preprocess
+
+        def build() -> dict[str, Any]:
+            from silverclip.data.manifest import read_manifest
+            from silverclip.data.preprocess import preprocess_manifest
+
+            both = pd.concat([read_manifest(data["train_manifest"]), read_manifest(data["valid_manifest"])])
+            cache = self.run_dir / "cache"
+            failures = preprocess_manifest(
+                both, pcfg.preset, cache, workers=pcfg.workers, progress=self.cfg.progress
+            )
+            failures.report()  # bad volumes are listed and left out; the run goes on with the rest
+            if len(failures) == len(both):
+                raise RuntimeError(f"preprocessing failed for every volume; see {cache / 'failures.json'}")
+            return {"cache": str(cache), "failed_volumes": [f.item for f in failures.failures]}
+
+        return self.runner.run("preprocess", build, config=pcfg)
+
+    # ---------------------------------------------------------------- labels
+    def labels(self, data: dict[str, Any], backend: str | None = None) -> dict[str, Any]:
+        """Silver labels of the training reports with ``backend`` and their quality against the gold labels."""
+        backend = backend or self.cfg.labels.backend
+        name = "labels" if backend == self.cfg.labels.backend else f"labels_{backend}"
+
+        def build() -> dict[str, Any]:
+            from silverclip.data.manifest import read_manifest
+            from silverclip.labels.compare import probabilities_path, write_evidence
+            from silverclip.labels.evaluate import evaluate_labels, metrics_markdown
+            from silverclip.labels.table import write_labels
+            from silverclip.io import atomic_write_text
+
+            train = read_manifest(data["train_manifest"])
+            out_dir = self.run_dir / "labels"
+            if backend == "gold":
+                if "gold_train" not in data:
+                    raise RuntimeError("labels.backend is gold but the training manifest has no labels")
+                return {"labels": data["gold_train"], "backend": "gold"}
+            reports = _reports(train)
+            if backend == "rules":
+                from silverclip.labels.rules import RuleLabeler
+
+                result = RuleLabeler().label_reports(reports, progress=self.cfg.progress)
+            else:
+                from silverclip.labels.llm import LLMConfig, extract_labels_llm
+
+                llm_cfg = config_from_dict(LLMConfig, self.cfg.labels.llm)
+                result = extract_labels_llm(reports, llm_cfg, out_dir / "llm_cache.sqlite", progress=self.cfg.progress)
+            labels_csv = out_dir / f"silver_{backend}_train.csv"
+            write_labels(result.labels, labels_csv)
+            if result.probabilities is not None:
+                write_labels(result.probabilities, probabilities_path(labels_csv), float_format="%.4f")
+            if result.evidence:
+                write_evidence(out_dir / f"silver_{backend}_train.evidence.jsonl", result.evidence)
+            result.failures.report()
+            outputs: dict[str, Any] = {"labels": str(labels_csv), "backend": backend, "usage": result.usage}
+            if "gold_train" in data:
+                from silverclip.labels.table import read_labels
+
+                gold = read_labels(data["gold_train"])
+                pred = result.labels.dropna()
+                probs = result.probabilities.loc[pred.index] if result.probabilities is not None else None
+                quality = evaluate_labels(pred, gold.loc[pred.index], probs=probs)
+                atomic_write_json(out_dir / f"quality_{backend}.json", quality)
+                atomic_write_text(
+                    out_dir / f"quality_{backend}.md",
+                    metrics_markdown(quality, title=f"Silver labels ({backend}) vs gold, training split"),
+                )
+                outputs["quality"] = {k: quality["macro"][k] for k in ("auc", "f1") if k in quality["macro"]}
+            return outputs
+
+        return self.runner.run(name, build, config=(backend, self.cfg.labels))
+
+    # ---------------------------------------------------------------- training
+    def pretrain(self, cache: str, labels: str, val_labels: str | None, out: Path, seed: int, stage: str = "pretrain",
+                 runner: StageRunner | None = None) -> dict[str, Any]:
+        from silverclip.train.config import PretrainConfig
+
+        fixed = {"out": str(out), "cache": cache, "labels": labels, "val_labels": val_labels}
+        data = deep_merge(self.cfg.pretrain, {**fixed, "train": {"seed": seed, "progress": self.cfg.progress}})
+        cfg = config_from_dict(PretrainConfig, data)
+
+        def build() -> dict[str, Any]:
+            from silverclip.train import run_pretrain
+
+            return {"checkpoint": str(run_pretrain(cfg))}
+
+        return (runner or self.runner).run(stage, build, config=cfg)
+
+    def clip(self, cache: str, data: dict[str, Any], init: str | None, out: Path, seed: int, extra_epochs: int = 0,
+             stage: str = "clip", runner: StageRunner | None = None) -> dict[str, Any]:
+        from silverclip.train.config import ClipConfig
+
+        fixed = {
+            "out": str(out),
+            "cache": cache,
+            "manifest": data["train_manifest"],
+            "val_manifest": data["valid_manifest"],
+            "init": init,
+        }
+        merged = deep_merge(self.cfg.clip, {**fixed, "train": {"seed": seed, "progress": self.cfg.progress}})
+        if extra_epochs:
+            merged["train"]["epochs"] = merged["train"].get("epochs", 10) + extra_epochs
+        cfg = config_from_dict(ClipConfig, merged)
+
+        def build() -> dict[str, Any]:
+            from silverclip.train import run_clip
+
+            return {"checkpoint": str(run_clip(cfg))}
+
+        return (runner or self.runner).run(stage, build, config=cfg)
+
+    # ---------------------------------------------------------------- embeddings + evaluation
+    def embed(self, checkpoint: str, cache: str, data: dict[str, Any], out: Path,
+              runner: StageRunner | None = None) -> dict[str, Any]:
+        ecfg = self.cfg.evaluate
+
+        def build() -> dict[str, Any]:
+            from silverclip.checkpoint import load_model
+            from silverclip.data.manifest import read_manifest
+            from silverclip.eval.embeddings import compute_embeddings
+
+            device = _device(ecfg.device)
+            model, meta = load_model(checkpoint, map_location=device)
+            info = {"checkpoint": checkpoint, "model_config": meta.get("model_config"), "step": meta.get("step")}
+            outputs: dict[str, Any] = {}
+            include_impr = bool(self.cfg.clip.get("include_impressions", False))
+            parts = {"valid": read_manifest(data["valid_manifest"])}
+            if ecfg.mode == "default" and ecfg.threshold_volumes > 0:
+                train = read_manifest(data["train_manifest"])
+                parts["threshold"] = train.sample(
+                    n=min(ecfg.threshold_volumes, len(train)), random_state=self.cfg.seed
+                ).sort_index()
+            for name, manifest in parts.items():
+                emb, failures = compute_embeddings(
+                    model, cache, manifest, out / name, meta=info, batch_size=ecfg.batch_size, device=device,
+                    texts=name == "valid", include_impressions=include_impr, progress=self.cfg.progress,
+                )
+                failures.report()
+                outputs[name] = str(out / name)
+            return outputs
+
+        return (runner or self.runner).run("embed", build, config=(checkpoint, ecfg))
+
+    def evaluate(self, emb: dict[str, Any], data: dict[str, Any], out: Path,
+                 runner: StageRunner | None = None) -> dict[str, Any]:
+        ecfg = self.cfg.evaluate
+
+        def build() -> dict[str, Any]:
+            from silverclip.eval.retrieval import evaluate_retrieval
+            from silverclip.eval.zero_shot import evaluate_zero_shot
+
+            gold_valid = data.get("gold_valid")
+            if gold_valid is None:
+                raise RuntimeError("the validation manifest has no labels: zero-shot and retrieval need them")
+            zs = evaluate_zero_shot(
+                emb["valid"], gold_valid, out / "zero_shot",
+                val_embeddings=emb.get("threshold"), val_labels=data.get("gold_train") if "threshold" in emb else None,
+                mode=ecfg.mode, template_set=ecfg.template_set, threshold_method=ecfg.threshold_method,
+                n_boot=ecfg.n_boot, seed=self.cfg.seed,
+            )
+            rt = evaluate_retrieval(
+                emb["valid"], gold_valid, out / "retrieval", exclude=ecfg.exclude, recall_mode=ecfg.recall_mode,
+            )
+            return {"zero_shot": headline_zero_shot(zs), "retrieval": headline_retrieval(rt),
+                    "dir": str(out)}
+
+        return (runner or self.runner).run("evaluate", build, config=(emb, ecfg))
+
+    # ---------------------------------------------------------------- everything
+    def run_all(self) -> dict[str, Any]:
+        prepare_run_dir(self.run_dir, self.cfg)
+        data = self.data()
+        pre = self.preprocess(data)
+        labels = self.labels(data)
+        init = None
+        if self.cfg.pretrain_enabled:
+            init = self.pretrain(pre["cache"], labels["labels"], data.get("gold_valid"), self.run_dir / "pretrain",
+                                 seed=self.cfg.seed)["checkpoint"]
+        clip = self.clip(pre["cache"], data, init, self.run_dir / "clip", seed=self.cfg.seed)
+        emb = self.embed(clip["checkpoint"], pre["cache"], data, self.run_dir / "embeddings")
+        ev = self.evaluate(emb, data, self.run_dir / "eval")
+        summary = {"run_dir": str(self.run_dir), "data": data, "labels": labels, "evaluation": ev}
+        from silverclip.pipeline.summary import write_summary
+
+        summary["report"] = str(write_summary(self.run_dir, summary))
+        return summary
+
+
+def headline_zero_shot(results: dict[str, Any]) -> dict[str, Any]:
+    """Mean AUC/F1/accuracy/precision over findings, with the bootstrap interval of the mean AUC."""
+    mean = results["metrics"]["mean"]
+    out: dict[str, Any] = {k: mean.get(k) for k in ("auc", "f1", "accuracy", "precision")}
+    boot = results.get("bootstrap", {})
+    if "mean/auc" in boot.get("lower", {}):
+        out["auc_ci"] = [boot["lower"]["mean/auc"], boot["upper"]["mean/auc"]]
+    out["n_volumes"] = results.get("n_volumes")
+    return out
+
+
+def headline_retrieval(results: dict[str, Any]) -> dict[str, Any]:
+    """Image-to-image MAP@K and report-to-image / image-to-report Recall@K."""
+    out: dict[str, Any] = {"map": results["image_to_image"]["map"]}
+    for key in ("report_to_image", "image_to_report"):
+        if key in results:
+            out[key] = results[key]["recall"]
+    return out

@@ -1,0 +1,56 @@
+"""The run report: one Markdown page with the headline numbers and links to every detailed report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from silverclip.io import atomic_write_json, atomic_write_text
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def headline_lines(summary: dict[str, Any]) -> list[str]:
+    """The few numbers a user wants first (also printed at the end of ``silverclip run``)."""
+    ev = summary["evaluation"]
+    zs, rt = ev["zero_shot"], ev["retrieval"]
+    ci = zs.get("auc_ci")
+    ci_txt = f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else ""
+    lines = [f"zero-shot mean AUC {_f(zs.get('auc'))}{ci_txt}, F1 {_f(zs.get('f1'))} on {zs.get('n_volumes')} volumes"]
+    lines.append("image-to-image MAP@K " + ", ".join(f"@{k} {_f(v)}" for k, v in rt["map"].items()))
+    if "report_to_image" in rt:
+        lines.append("report-to-image Recall@K " + ", ".join(f"@{k} {_f(v)}" for k, v in rt["report_to_image"].items()))
+    q = summary.get("labels", {}).get("quality")
+    if q:
+        lines.append(
+            f"silver labels ({summary['labels'].get('backend')}) vs gold: macro AUC {_f(q.get('auc'))}, "
+            f"macro F1 {_f(q.get('f1'))}"
+        )
+    return lines
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Write ``<run>/report.md`` and ``<run>/summary.json``; return the Markdown path."""
+    run_dir = Path(run_dir)
+    ev_dir = Path(summary["evaluation"]["dir"])
+    md = [f"# silverclip run: {run_dir.name}", "", "## Headline", ""]
+    md += [f"- {line}" for line in headline_lines(summary)]
+    md += ["", "## Details", ""]
+    links = [
+        ("Zero-shot per finding, ROC curves", ev_dir / "zero_shot" / "zero_shot.md"),
+        ("Retrieval, with example queries", ev_dir / "retrieval" / "retrieval.md"),
+    ]
+    backend = summary.get("labels", {}).get("backend")
+    if backend and backend != "gold":
+        links.append((f"Silver label quality ({backend})", run_dir / "labels" / f"quality_{backend}.md"))
+    for title, path in links:
+        if path.is_file():
+            md.append(f"- [{title}]({path.relative_to(run_dir)})")
+    md.append("")
+    md.append(f"Data: {summary['data'].get('n_train')} training and {summary['data'].get('n_valid')} validation volumes.")
+    atomic_write_json(run_dir / "summary.json", summary)
+    out = run_dir / "report.md"
+    atomic_write_text(out, "\n".join(md) + "\n")
+    return out
