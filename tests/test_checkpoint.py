@@ -173,7 +173,8 @@ def test_training_state_roundtrip(tmp_path: Path) -> None:
         model,
         {"name": "linear"},
         step=2,
-        training_state=ckpt.training_state_dict(opt, sched, {"epoch": 0, "batch": 2}, step=2),
+        # numpy numbers (e.g. a validation AUC) are stored as plain floats, readable weights-only
+        training_state=ckpt.training_state_dict(opt, sched, {"epoch": 0, "batch": 2, "auc": np.float64(0.5)}, step=2),
     )
     expected = _draws()
     for _ in range(2):  # the uninterrupted run continues
@@ -183,7 +184,7 @@ def test_training_state_roundtrip(tmp_path: Path) -> None:
     _draws()  # the interrupted run's RNG is elsewhere
     resumed, opt2, sched2 = make()
     state = ckpt.load_training_state(folder, resumed, opt2, sched2)
-    assert state["step"] == 2 and state["extra"] == {"epoch": 0, "batch": 2}
+    assert state["step"] == 2 and state["extra"] == {"epoch": 0, "batch": 2, "auc": 0.5}
     assert sched2.last_epoch == 2 and opt2.param_groups[0]["lr"] == pytest.approx(1e-2)
     assert _draws() == expected  # RNG restored: the same draws, then the same random batches below
     for _ in range(2):

@@ -299,8 +299,23 @@ def training_state_dict(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_states if rng_states is not None else capture_rng_state(),
-        "extra": extra or {},
+        "extra": _weights_only_safe(extra or {}),
     }
+
+
+def _weights_only_safe(obj: Any) -> Any:
+    """numpy scalars/arrays -> Python numbers/tensors, paths -> str: what ``weights_only`` loading accepts."""
+    if isinstance(obj, dict):
+        return {k: _weights_only_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_weights_only_safe(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def save_training_state(
