@@ -9,7 +9,7 @@ Measures, at a stated input size and batch, on CPU or GPU (``--device auto``):
   model's step rate: ``data/model > 1`` means data keeps the model fed.
 
 Usage: ``python benchmarks/train_step.py [--size 96 96 48] [--batch 2] [--steps 3] [--compile] [--workers 0]``.
-The default CPU run takes about 2-3 minutes on 2 cores.
+The default CPU run takes about 2 minutes of CPU time on 2 idle cores (longer on a shared machine).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, nargs=3, default=[96, 96, 48], help="crop (x, y, z)")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     ap.add_argument("--workers", type=int, default=0)
