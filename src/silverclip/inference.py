@@ -25,27 +25,13 @@ from silverclip.findings import FINDINGS
 
 
 def preprocess_scan(path: str | Path, preset: Preset) -> np.ndarray:
-    """A NIfTI file or DICOM series folder -> HU array of ``preset.shape`` (x, y, z), clipped to the window.
+    """A NIfTI file or DICOM series folder -> int16 HU array of ``preset.shape`` (x, y, z), clipped to the window.
 
-    Uses the data layer's ``preprocess_path`` (the same code that fills the training cache).
+    The data layer's ``preprocess_path``: the same code that fills the training cache.
     """
-    try:
-        from silverclip.data.preprocess import preprocess_path
-    except ImportError:  # data layer without its preprocess module: compose the same steps from its parts
-        return _preprocess_from_parts(path, preset)
-    out = preprocess_path(path, preset)
-    out = out[0] if isinstance(out, tuple) else out
-    return np.asarray(getattr(out, "array", out))
+    from silverclip.data.preprocess import preprocess_path
 
-
-def _preprocess_from_parts(path: str | Path, preset: Preset) -> np.ndarray:
-    from silverclip.data.readers import load_volume
-    from silverclip.data.resample import center_crop_pad, resample
-
-    vol = load_volume(path)
-    res = resample(vol.array, vol.spacing, preset.spacing)
-    res = torch.as_tensor(res).clamp(*preset.window).round().to(torch.int16).numpy()
-    return center_crop_pad(res, preset.shape, preset.pad_hu)
+    return np.asarray(preprocess_path(path, preset))
 
 
 class Predictor:
