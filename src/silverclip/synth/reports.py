@@ -87,7 +87,7 @@ def _context(key: str, p: dict, noun: str) -> _Ctx:
     if "depth" in p:
         c["depth"] = str(round(p["depth"]))
     if "solid" in p:
-        c["solidity"] = "solid" if p["solid"] else "subsolid ground-glass"
+        c["solidity"] = "solid" if p["solid"] else "subsolid"
     if "bronchogram" in p:
         c["bronchogram"] = "containing air bronchograms " if p["bronchogram"] else ""
     if "zone" in p:
