@@ -59,6 +59,14 @@ def test_image_checkpoint_roundtrip(tmp_path: Path) -> None:
         assert not torch.allclose(create_model("resnet10_3d").eval()(x), model(x))
 
 
+def test_tuple_options_survive_json(tmp_path: Path) -> None:
+    model = create_model("resnet10_3d", conv1_t_size=(7, 7, 3), conv1_t_stride=(2, 2, 1), shortcut_type="A").eval()
+    loaded, meta = ckpt.load_model(ckpt.save_checkpoint(tmp_path / "c", model, step=0))
+    assert meta["model_config"]["conv1_t_size"] == [7, 7, 3] and loaded.conv1.kernel_size == (7, 7, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_volume()), model(_volume()), rtol=0, atol=0)
+
+
 def test_overwrite_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = create_model("resnet10_3d")
     folder = tmp_path / "last"

@@ -143,6 +143,18 @@ def test_first_layer_downsamples() -> None:
     assert stem.shape[2:] == (8, 12, 16)
 
 
+def test_zero_padding_shortcut_passes_gradients() -> None:
+    # With the residual branch of layer2.0 silenced, only its shortcut connects the input to the output.
+    model = create_model("resnet10_3d", shortcut_type="A")
+    assert not any("downsample" in k for k in model.state_dict())
+    with torch.no_grad():
+        model.layer2[0].bn2.weight.zero_()
+        model.layer2[0].bn2.bias.zero_()
+    x = _volume().requires_grad_(True)
+    model(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_headless_and_reset_classifier() -> None:
     model = create_model("resnet10_3d", num_classes=0).eval()
     x = _volume(1)

@@ -74,6 +74,13 @@ class ResNet3d(ResNet):
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def _downsample_basic_block(self, x: torch.Tensor, planes: int, stride: int, spatial_dims: int = 3) -> torch.Tensor:
+        # Shortcut "A" (MedicalNet-18/34): strided identity padded with zero channels. MONAI's version
+        # concatenates ``out.data``, which cuts the gradient through every downsampling shortcut.
+        out = x[:, :, ::stride, ::stride, ::stride]
+        pad = out.new_zeros(out.shape[0], planes - out.shape[1], *out.shape[2:])
+        return torch.cat([out, pad], dim=1)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, X, Y, Z)`` -> pooled features ``(B, num_features)``."""
         x = self.act(self.bn1(self.conv1(x)))
