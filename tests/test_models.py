@@ -323,3 +323,24 @@ def test_weights_kwarg_loads_at_creation(tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     model = create_model("resnet10_3d", weights=str(path))
     torch.testing.assert_close(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+
+
+# ---------------------------------------------------------------------------------------- precision
+def test_bf16_autocast_on_cpu_and_auto_is_off() -> None:
+    from silverclip import precision
+    from silverclip.losses import ClipLoss
+
+    with pytest.raises(ValueError, match="fp16"):
+        precision.autocast("cpu", "fp16")
+    with precision.autocast("cpu", "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+    model = create_model("clip", **TINY_CLIP)
+    tokens = model.tokenize(TEXTS)
+    with precision.autocast_factory("bf16", "cpu")():
+        assert torch.is_autocast_enabled("cpu")
+        out = model(_volume(), tokens)
+        assert out["image_embeds"].dtype == torch.bfloat16
+        loss = ClipLoss()(out["image_embeds"], out["text_embeds"], out["logit_scale"])
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    _assert_all_grads(model)
