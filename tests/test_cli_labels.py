@@ -98,3 +98,13 @@ def test_generic_columns_and_bad_layout(tmp_path) -> None:
     assert main([*args, "--no-progress"]) == 0
     labels = read_labels(out)
     assert labels.loc["r1", "Cardiomegaly"] == 1 and labels.loc["r2", "Pleural effusion"] == 0
+
+
+def test_extract_llm_backend_is_wired_and_guarded(reports, tmp_path, capsys) -> None:
+    """--backend llm reaches the LLM labeller; a remote endpoint is refused before any request."""
+    rpath, _ = reports
+    out = tmp_path / "llm.csv"
+    args = ["labels", "extract", "--reports", str(rpath), "--out", str(out), "--backend", "llm"]
+    assert main([*args, "--base-url", "https://api.example.com/v1", "--limit", "1", "--no-progress"]) == 2
+    assert "RemoteEndpointError" in capsys.readouterr().err
+    assert not out.exists()

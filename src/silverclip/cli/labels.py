@@ -92,7 +92,12 @@ def _extract(args: argparse.Namespace) -> int:
             print(f"labels extract --backend llm: the LLM labeller is not available ({e})", file=sys.stderr)
             return 2
         cache = Path(args.llm_cache) if getattr(args, "llm_cache", None) else args.out.with_suffix(".llm_cache.sqlite")
-        result = extract_labels_llm(reports, llm_config_from_args(args), cache, progress=progress)
+        try:
+            result = extract_labels_llm(reports, llm_config_from_args(args), cache, progress=progress)
+        except (PermissionError, ValueError, RuntimeError) as e:  # privacy guard, bad config, endpoint refuses
+            print(f"labels extract --backend llm: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"answers received before the error are kept in {cache}; rerun to resume", file=sys.stderr)
+            return 2
     write_labels(result.labels, args.out)
     written = [str(args.out)]
     if result.probabilities is not None:
