@@ -7,10 +7,10 @@ import json
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_fixtures import TINY_IMAGE, TINY_TEXT, make_all
 
 from silverclip.checkpoint import load_model
 from silverclip.cli import main
+from train_fixtures import TINY_IMAGE, TINY_TEXT, make_all
 
 
 def test_clip_cli_from_a_pretrain_checkpoint(tmp_path, capsys):

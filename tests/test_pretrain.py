@@ -6,11 +6,11 @@ import json
 
 import pytest
 import yaml
-from train_fixtures import TINY_IMAGE, make_all
 
 from silverclip.checkpoint import load_model
 from silverclip.cli import main
 from silverclip.findings import FINDINGS
+from train_fixtures import TINY_IMAGE, make_all
 
 
 def test_pretrain_cli_end_to_end(tmp_path, capsys):

@@ -6,11 +6,11 @@ import json
 
 import torch
 from safetensors.torch import load_file
-from train_fixtures import TINY_IMAGE, TINY_TEXT, make_all
 
 from silverclip.config import load_config
 from silverclip.train.config import ClipConfig, PretrainConfig
 from silverclip.train.stages import _clip, _pretrain
+from train_fixtures import TINY_IMAGE, TINY_TEXT, make_all
 
 
 def _weights(folder):

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from train_fixtures import N_TRAIN, TINY_IMAGE, TINY_PRESET, ids, make_all, make_cache
 
 from silverclip.data.cache import VolumeCache
 from silverclip.train.data import (
@@ -19,6 +18,7 @@ from silverclip.train.data import (
     split_by_patient,
 )
 from silverclip.train.schedule import cosine_with_warmup, lr_factor
+from train_fixtures import N_TRAIN, TINY_IMAGE, TINY_PRESET, ids, make_all, make_cache
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +174,16 @@ def _records(run):
     import json
 
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["pretrain_demo", "clip_demo"])
+def test_demo_configs_load(name):
+    from pathlib import Path
+
+    from silverclip.config import load_config
+    from silverclip.train.config import ClipConfig, PretrainConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    required = ["out=r", "cache=c", "labels=l"] if name.startswith("pretrain") else ["out=r", "cache=c", "manifest=m"]
+    cfg = load_config(PretrainConfig if name.startswith("pretrain") else ClipConfig, path, required)
+    assert cfg.train.lr == (1e-4 if name.startswith("pretrain") else 1e-5)
