@@ -7,7 +7,7 @@ Also home of the LLM labeller's command-line options, shared with ``silverclip l
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 
 # Light imports only (``silverclip --help`` imports every stage): the config dataclass pulls in openai.
@@ -26,10 +26,12 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--model", default=_DEFAULT_MODEL, help="model name sent to the endpoint (part of the cache key)")
     g.add_argument(
-        "--api-key-env",
+        "--key-from-env",
+        dest="api_key_env",
         default="OPENAI_API_KEY",
         metavar="VAR",
-        help="environment variable holding the API key (keys are never accepted as options; not needed on loopback)",
+        help="name of the environment variable holding the API key (default OPENAI_API_KEY; keys themselves are "
+        "never accepted as options; loopback servers need none)",
     )
     g.add_argument(
         "--allow-remote-endpoint",
@@ -133,10 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {cmd[cmd.index('--model') + 1]} at http://{host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
-    process = subprocess.Popen(cmd)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait(30)
-        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become the server (exec, no child): signals (Ctrl-C, SIGTERM from a supervisor) reach it directly
+    # and no orphaned server is left behind when this process is stopped.
+    os.execv(cmd[0], cmd)
+    return 0  # not reached

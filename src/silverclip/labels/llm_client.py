@@ -18,6 +18,7 @@ import asyncio
 import ipaddress
 import os
 import random
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -74,6 +75,9 @@ class LLMConfig:
             raise ValueError("max_retries and max_reasks must be >= 0")
         if not 0.0 <= self.uncertain_weight <= 1.0:
             raise ValueError(f"uncertain_weight must lie in [0, 1], got {self.uncertain_weight}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env or ""):
+            # Not echoed: a key pasted where the variable's name belongs must not reach a log.
+            raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
         if not 0 <= self.top_logprobs <= 20:
             raise ValueError(f"top_logprobs must lie in [0, 20] (OpenAI's limit), got {self.top_logprobs}")
 
