@@ -106,9 +106,10 @@ class FailureLog:
     def write(self, path: str | Path) -> None:
         atomic_write_json(path, {"stage": self.stage, "failures": [asdict(f) for f in self.failures]})
 
-    def report(self, stream: IO = sys.stderr) -> None:
+    def report(self, stream: IO | None = None) -> None:
         if not self.failures:
             return
+        stream = stream or sys.stderr  # resolved at call time, so redirected/captured stderr is honoured
         print(f"\n{self.stage}: {len(self.failures)} item(s) failed:", file=stream)
         for f in self.failures:
             print(f"  - {f.item} ({f.path}): {f.reason}", file=stream)

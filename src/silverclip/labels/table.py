@@ -75,7 +75,9 @@ def read_labels(path: str | Path, allow_uncertain: bool = True) -> pd.DataFrame:
     return out
 
 
-def write_labels(df: pd.DataFrame, path: str | Path, id_column: str = ID_COLUMN, float_format: str | None = None) -> None:
+def write_labels(
+    df: pd.DataFrame, path: str | Path, id_column: str = ID_COLUMN, float_format: str | None = None
+) -> None:
     """Write a frame (indexed by id, columns = the 18 findings) as a CT-RATE-format CSV, atomically."""
     missing = [f for f in FINDINGS if f not in df.columns]
     if missing:

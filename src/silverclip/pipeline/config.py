@@ -37,7 +37,7 @@ class SourceConfig:
         if self.kind == "ctrate" and self.root is None:
             raise ConfigError("source.root (the CT-RATE folder) is required when source.kind is ctrate")
         if self.kind == "manifest" and (self.train_manifest is None or self.valid_manifest is None):
-            raise ConfigError("source.train_manifest and source.valid_manifest are required when source.kind is manifest")
+            raise ConfigError("source.train_manifest and source.valid_manifest are required for source.kind manifest")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``silverclip run CONFIG``: data -> preprocess -> labels -> pre-training -> CLIP -> embeddings -> evaluation -> report.
+"""``silverclip run CONFIG``: data, preprocess, labels, pre-training, CLIP, embeddings, evaluation, report.
 
 Every stage writes into one run folder and is skipped when complete (:mod:`silverclip.pipeline.stages`);
 stages that take long resume internally (preprocessing cache, training checkpoints, LLM answer cache),
@@ -113,9 +113,7 @@ class Pipeline:
 
             both = pd.concat([read_manifest(data["train_manifest"]), read_manifest(data["valid_manifest"])])
             cache = self.run_dir / "cache"
-            failures = preprocess_manifest(
-                both, pcfg.preset, cache, workers=pcfg.workers, progress=self.cfg.progress
-            )
+            failures = preprocess_manifest(both, pcfg.preset, cache, workers=pcfg.workers, progress=self.cfg.progress)
             failures.report()  # bad volumes are listed and left out; the run goes on with the rest
             if len(failures) == len(both):
                 raise RuntimeError(f"preprocessing failed for every volume; see {cache / 'failures.json'}")
@@ -131,10 +129,10 @@ class Pipeline:
 
         def build() -> dict[str, Any]:
             from silverclip.data.manifest import read_manifest
+            from silverclip.io import atomic_write_text
             from silverclip.labels.compare import probabilities_path, write_evidence
             from silverclip.labels.evaluate import evaluate_labels, metrics_markdown
             from silverclip.labels.table import write_labels
-            from silverclip.io import atomic_write_text
 
             train = read_manifest(data["train_manifest"])
             out_dir = self.run_dir / "labels"
@@ -178,8 +176,16 @@ class Pipeline:
         return self.runner.run(name, build, config=(backend, self.cfg.labels))
 
     # ---------------------------------------------------------------- training
-    def pretrain(self, cache: str, labels: str, val_labels: str | None, out: Path, seed: int, stage: str = "pretrain",
-                 runner: StageRunner | None = None) -> dict[str, Any]:
+    def pretrain(
+        self,
+        cache: str,
+        labels: str,
+        val_labels: str | None,
+        out: Path,
+        seed: int,
+        stage: str = "pretrain",
+        runner: StageRunner | None = None,
+    ) -> dict[str, Any]:
         from silverclip.train.config import PretrainConfig
 
         fixed = {"out": str(out), "cache": cache, "labels": labels, "val_labels": val_labels}
@@ -193,8 +199,17 @@ class Pipeline:
 
         return (runner or self.runner).run(stage, build, config=cfg)
 
-    def clip(self, cache: str, data: dict[str, Any], init: str | None, out: Path, seed: int, extra_epochs: int = 0,
-             stage: str = "clip", runner: StageRunner | None = None) -> dict[str, Any]:
+    def clip(
+        self,
+        cache: str,
+        data: dict[str, Any],
+        init: str | None,
+        out: Path,
+        seed: int,
+        extra_epochs: int = 0,
+        stage: str = "clip",
+        runner: StageRunner | None = None,
+    ) -> dict[str, Any]:
         from silverclip.train.config import ClipConfig
 
         fixed = {
@@ -217,8 +232,9 @@ class Pipeline:
         return (runner or self.runner).run(stage, build, config=cfg)
 
     # ---------------------------------------------------------------- embeddings + evaluation
-    def embed(self, checkpoint: str, cache: str, data: dict[str, Any], out: Path,
-              runner: StageRunner | None = None) -> dict[str, Any]:
+    def embed(
+        self, checkpoint: str, cache: str, data: dict[str, Any], out: Path, runner: StageRunner | None = None
+    ) -> dict[str, Any]:
         ecfg = self.cfg.evaluate
 
         def build() -> dict[str, Any]:
@@ -239,8 +255,16 @@ class Pipeline:
                 ).sort_index()
             for name, manifest in parts.items():
                 emb, failures = compute_embeddings(
-                    model, cache, manifest, out / name, meta=info, batch_size=ecfg.batch_size, device=device,
-                    texts=name == "valid", include_impressions=include_impr, progress=self.cfg.progress,
+                    model,
+                    cache,
+                    manifest,
+                    out / name,
+                    meta=info,
+                    batch_size=ecfg.batch_size,
+                    device=device,
+                    texts=name == "valid",
+                    include_impressions=include_impr,
+                    progress=self.cfg.progress,
                 )
                 failures.report()
                 outputs[name] = str(out / name)
@@ -248,8 +272,9 @@ class Pipeline:
 
         return (runner or self.runner).run("embed", build, config=(checkpoint, ecfg))
 
-    def evaluate(self, emb: dict[str, Any], data: dict[str, Any], out: Path,
-                 runner: StageRunner | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, emb: dict[str, Any], data: dict[str, Any], out: Path, runner: StageRunner | None = None
+    ) -> dict[str, Any]:
         ecfg = self.cfg.evaluate
 
         def build() -> dict[str, Any]:
@@ -260,16 +285,25 @@ class Pipeline:
             if gold_valid is None:
                 raise RuntimeError("the validation manifest has no labels: zero-shot and retrieval need them")
             zs = evaluate_zero_shot(
-                emb["valid"], gold_valid, out / "zero_shot",
-                val_embeddings=emb.get("threshold"), val_labels=data.get("gold_train") if "threshold" in emb else None,
-                mode=ecfg.mode, template_set=ecfg.template_set, threshold_method=ecfg.threshold_method,
-                n_boot=ecfg.n_boot, seed=self.cfg.seed,
+                emb["valid"],
+                gold_valid,
+                out / "zero_shot",
+                val_embeddings=emb.get("threshold"),
+                val_labels=data.get("gold_train") if "threshold" in emb else None,
+                mode=ecfg.mode,
+                template_set=ecfg.template_set,
+                threshold_method=ecfg.threshold_method,
+                n_boot=ecfg.n_boot,
+                seed=self.cfg.seed,
             )
             rt = evaluate_retrieval(
-                emb["valid"], gold_valid, out / "retrieval", exclude=ecfg.exclude, recall_mode=ecfg.recall_mode,
+                emb["valid"],
+                gold_valid,
+                out / "retrieval",
+                exclude=ecfg.exclude,
+                recall_mode=ecfg.recall_mode,
             )
-            return {"zero_shot": headline_zero_shot(zs), "retrieval": headline_retrieval(rt),
-                    "dir": str(out)}
+            return {"zero_shot": headline_zero_shot(zs), "retrieval": headline_retrieval(rt), "dir": str(out)}
 
         return (runner or self.runner).run("evaluate", build, config=(emb, ecfg))
 
@@ -281,8 +315,9 @@ class Pipeline:
         labels = self.labels(data)
         init = None
         if self.cfg.pretrain_enabled:
-            init = self.pretrain(pre["cache"], labels["labels"], data.get("gold_valid"), self.run_dir / "pretrain",
-                                 seed=self.cfg.seed)["checkpoint"]
+            init = self.pretrain(
+                pre["cache"], labels["labels"], data.get("gold_valid"), self.run_dir / "pretrain", seed=self.cfg.seed
+            )["checkpoint"]
         clip = self.clip(pre["cache"], data, init, self.run_dir / "clip", seed=self.cfg.seed)
         emb = self.embed(clip["checkpoint"], pre["cache"], data, self.run_dir / "embeddings")
         ev = self.evaluate(emb, data, self.run_dir / "eval")

@@ -49,7 +49,8 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
         if path.is_file():
             md.append(f"- [{title}]({path.relative_to(run_dir)})")
     md.append("")
-    md.append(f"Data: {summary['data'].get('n_train')} training and {summary['data'].get('n_valid')} validation volumes.")
+    data = summary["data"]
+    md.append(f"Data: {data.get('n_train')} training and {data.get('n_valid')} validation volumes.")
     atomic_write_json(run_dir / "summary.json", summary)
     out = run_dir / "report.md"
     atomic_write_text(out, "\n".join(md) + "\n")
