@@ -20,7 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, help="CSV/Parquet with volume_id (+ findings, impressions, split)")
     p.add_argument("--out", required=True, help="embeddings folder to write")
     p.add_argument("--split", help="only manifest rows of this split (e.g. valid)")
-    p.add_argument("--include-impressions", action="store_true", help="report text = Findings + Impressions")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--include-impressions",
+        dest="include_impressions",
+        action="store_true",
+        default=None,
+        help="report text = Findings + Impressions (default: as the checkpoint's CLIP run was trained)",
+    )
+    g.add_argument("--findings-only", dest="include_impressions", action="store_false", help="report text = Findings")
     p.add_argument("--no-text", action="store_true", help="skip report embeddings")
     p.add_argument("--template-sets", nargs="*", help="zero-shot template sets to store (default: all)")
     p.add_argument("--batch-size", type=int, default=2)
@@ -29,16 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from silverclip.checkpoint import load_model
     from silverclip.eval.embeddings import compute_embeddings
 
-    model, meta = load_model(args.checkpoint, map_location=args.device)
     emb, failures = compute_embeddings(
-        model,
+        args.checkpoint,
         args.cache,
         args.manifest,
         args.out,
-        meta={"checkpoint": str(args.checkpoint), "model_config": meta.get("model_config"), "step": meta.get("step")},
         template_sets=args.template_sets or None,
         batch_size=args.batch_size,
         device=args.device,

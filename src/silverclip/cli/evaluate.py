@@ -81,13 +81,13 @@ def _zero_shot(args: argparse.Namespace) -> int:
 
 
 def _retrieval(args: argparse.Namespace) -> int:
-    from silverclip.eval.embeddings import read_manifest, report_text
     from silverclip.eval.retrieval import evaluate_retrieval
+    from silverclip.train.data import read_report_manifest, report_text
 
     texts = None
     if args.manifest:
-        df = read_manifest(args.manifest)
-        texts = {str(r["volume_id"]): report_text(r, True) for _, r in df.iterrows()}
+        df = read_report_manifest(args.manifest, require=())
+        texts = {vid: report_text(row, include_impressions=True) for vid, row in df.iterrows()}
     res = evaluate_retrieval(
         args.embeddings,
         args.labels,

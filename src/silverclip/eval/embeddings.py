@@ -123,29 +123,11 @@ def model_input(hu: np.ndarray, preset: Preset) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(preset.normalize(center_crop(hu, preset.crop))))[None, None]
 
 
-def report_text(row: pd.Series, include_impressions: bool = False) -> str:
-    """The report text embedded for a volume: Findings, optionally + Impressions, as CLIP training builds it."""
-    cols = ("findings", "impressions") if include_impressions else ("findings",)
-    parts = [row.get(c, "") for c in cols]
-    return " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
-
-
-def read_manifest(manifest: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """A manifest frame (CSV/Parquet path or frame) with at least ``volume_id``."""
-    if isinstance(manifest, pd.DataFrame):
-        df = manifest
-    else:
-        path = Path(manifest)
-        if not path.is_file():
-            raise FileNotFoundError(f"manifest {path} does not exist")
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
-    if "volume_id" not in df.columns:
-        raise ValueError("manifest has no volume_id column")
-    from silverclip.labels.table import volume_id
-
-    df = df.reset_index(drop=True)
-    df["volume_id"] = df["volume_id"].astype(str).map(volume_id)
-    return df
+def checkpoint_includes_impressions(checkpoint_meta: dict[str, Any]) -> bool:
+    """Whether the CLIP run that wrote a checkpoint trained on Findings + Impressions (``extra``
+    ``include_impressions``, recorded by the CLIP stage); False (Findings only, the paper's choice) for
+    checkpoints that do not say."""
+    return bool((checkpoint_meta.get("extra") or {}).get("include_impressions", False))
 
 
 class _Shards:
@@ -179,7 +161,7 @@ class _Shards:
 
 @torch.no_grad()
 def compute_embeddings(
-    model: torch.nn.Module,
+    model: torch.nn.Module | str | Path,
     cache: str | Path | VolumeCache,
     manifest: str | Path | pd.DataFrame,
     out: str | Path,
@@ -190,24 +172,40 @@ def compute_embeddings(
     shard_size: int = 64,
     device: str = "cpu",
     texts: bool = True,
-    include_impressions: bool = False,
+    include_impressions: bool | None = None,
     split: str | None = None,
     progress: bool = True,
 ) -> tuple[Embeddings, FailureLog]:
     """Embed every manifest volume found in ``cache`` (and its report), plus the zero-shot classifiers.
 
-    ``model`` is a CLIP model (``encode_image``, ``encode_text``, ``tokenize``). Volumes are centre-cropped
-    to the cache preset's ``crop`` and normalised. Finished shards of an earlier run in ``out/parts`` are
-    reused (resume). Per-volume failures (missing from the cache, unreadable) are collected, not raised.
-    Report text = Findings (+ Impressions with ``include_impressions``), as in CLIP training; ``split``
-    keeps only manifest rows of that split.
+    ``model`` is a CLIP model (``encode_image``, ``encode_text``, ``tokenize``) or a CLIP checkpoint
+    folder (loaded onto ``device``; its path, model config and step go into ``meta``). ``manifest``: a
+    CSV/Parquet path or a frame with ``volume_id`` (+ ``findings``, ``impressions``, ``split``), read by
+    :func:`silverclip.train.data.read_report_manifest`. Volumes are centre-cropped to the cache preset's
+    ``crop`` and normalised. Finished shards of an earlier run in ``out/parts`` are reused (resume).
+    Per-volume failures (missing from the cache, unreadable) are collected, not raised.
+    Report text (:func:`silverclip.train.data.report_text`) = Findings, + Impressions when
+    ``include_impressions``; None = what the checkpoint's CLIP run trained on (a checkpoint folder's
+    ``extra.include_impressions``; Findings only for a model object). ``split`` keeps only manifest rows
+    of that split.
     Returns the saved :class:`Embeddings` and the failure log (also written to ``out/failures.json``).
     """
     from silverclip.eval.zero_shot import build_zero_shot_classifier, list_template_sets, logit_scale_of
+    from silverclip.train.data import read_report_manifest, report_text
 
+    if isinstance(model, str | Path):
+        from silverclip.checkpoint import load_model
+
+        checkpoint = model
+        model, ckpt_meta = load_model(checkpoint, map_location=device)
+        from_ckpt = {k: ckpt_meta.get(k) for k in ("model_config", "step")}
+        meta = {"checkpoint": str(checkpoint), **from_ckpt, **(meta or {})}
+        if include_impressions is None:
+            include_impressions = checkpoint_includes_impressions(ckpt_meta)
+    include_impressions = bool(include_impressions)
     out = Path(out)
     cache = cache if isinstance(cache, VolumeCache) else VolumeCache(cache)
-    df = read_manifest(manifest)
+    df = read_report_manifest(manifest, require=())
     if split is not None:
         if "split" not in df.columns:
             raise ValueError("manifest has no split column to select from")
@@ -216,7 +214,7 @@ def compute_embeddings(
     model.eval().to(device)
     img_shards, txt_shards = _Shards(out / "parts", "image"), _Shards(out / "parts", "text")
     done = img_shards.done()
-    todo = df[~df["volume_id"].astype(str).isin(done)]
+    todo = df[~df.index.isin(done)]
     if done:
         log.info("resuming: %d volumes already embedded, %d to go", len(done), len(todo))
 
@@ -250,8 +248,7 @@ def compute_embeddings(
         for b in (buf_ids, buf_img, buf_txt_ids, buf_txt):
             b.clear()
 
-    for _, row in tqdm(todo.iterrows(), total=len(todo), desc="embed", disable=not progress):
-        vid = str(row["volume_id"])
+    for vid, row in tqdm(todo.iterrows(), total=len(todo), desc="embed", disable=not progress):
         try:
             hu = cache.load(vid)
             batch.append((vid, model_input(hu, cache.preset), report_text(row, include_impressions)))

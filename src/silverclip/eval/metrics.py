@@ -172,6 +172,16 @@ def per_finding_metrics(
     return out
 
 
+def per_finding_auc(labels: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """AUC of each column of ``labels``/``scores`` (both (N, F)) and ``"mean"`` over the defined ones.
+
+    :func:`per_finding_metrics` without thresholds (the training loop's per-epoch validation): entries
+    whose label is not 0/1 are left out; a finding with a single class has AUC NaN and is skipped by the mean.
+    """
+    m = per_finding_metrics(labels, scores, names, [float("nan")] * len(names))
+    return {k: v["auc"] for k, v in m.items()}
+
+
 def mean_over_findings(per_finding: dict[str, dict[str, float]]) -> dict[str, float]:
     rows = [v for k, v in per_finding.items() if k != "mean"]
     mean: dict[str, float] = {}

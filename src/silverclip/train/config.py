@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from silverclip.config import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
+
+C = TypeVar("C")
 
 Precision = Literal["auto", "bf16", "fp32"]
 
@@ -134,8 +139,11 @@ class ClipConfig:
     init: a pre-training checkpoint folder for the image tower; null = from scratch (the ablation).
     text_model: Hugging Face name or local path; null = the offline default (the packaged MiniLM
         BERT; real runs: ``microsoft/BiomedVLP-CXR-BERT-specialized``).
-    include_impressions: text = Findings + " " + Impressions (default: Findings only, as the paper).
+    include_impressions: text = Findings + " " + Impressions (default: Findings only, as the paper);
+        recorded in the checkpoint, so ``silverclip embed`` builds report texts the same way by default.
     val_labels: labels CSV for zero-shot AUC when the manifest has no finding columns.
+    zero_shot_templates: template set (``resources/prompts.yaml``) of the validation's zero-shot AUC;
+        null = the file's default, as ``silverclip evaluate``.
     """
 
     out: Path
@@ -150,6 +158,7 @@ class ClipConfig:
     include_impressions: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     retrieval_ks: list[int] = field(default_factory=lambda: [5, 10, 50, 100])
+    zero_shot_templates: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
 
@@ -167,3 +176,32 @@ def path_override(key: str, value: str | Path | None) -> list[str]:
     import json
 
     return [] if value is None else [f"{key}={json.dumps(str(value))}"]
+
+
+# ------------------------------------------------------------------------------------ CLI wiring
+def add_stage_arguments(p: argparse.ArgumentParser, example: str) -> None:
+    """The arguments ``silverclip pretrain`` and ``silverclip clip`` share (the stage adds its own inputs):
+    ``--cache``, ``--val-cache``, ``--out``, ``--resume``/``--restart`` and the config positionals."""
+    p.add_argument("--cache", help="preprocessing cache folder (silverclip preprocess)")
+    p.add_argument("--val-cache", help="cache of the validation volumes (default: --cache)")
+    p.add_argument("--out", help="run folder (checkpoints last/ and best/, metrics, resolved config)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_true", default=None, help="resume from last/ (default)")
+    g.add_argument("--restart", dest="resume", action="store_false", help="ignore last/ and start over")
+    p.add_argument("config", nargs="*", help=f"optional config YAML, then key=value overrides (e.g. {example})")
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, path_keys: tuple[str, ...], flags: list[str]) -> C:
+    """The stage config from a YAML file, ``key=value`` overrides, then the flags (flags win).
+
+    ``path_keys``: the stage's own path/name flags (attribute name = config key) besides the shared ones.
+    """
+    from silverclip.config import load_config
+
+    path, overrides = split_cli_args(args.config)
+    flags = list(flags)
+    for key in ("cache", "val_cache", "out", *path_keys):
+        flags += path_override(key, getattr(args, key))
+    if args.resume is not None:
+        flags.append(f"train.resume={str(args.resume).lower()}")
+    return load_config(cls, path, overrides + flags)

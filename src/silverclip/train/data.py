@@ -93,25 +93,47 @@ def load_label_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def read_report_manifest(path: str | Path) -> pd.DataFrame:
-    """A manifest (CSV or Parquet) indexed by ``volume_id`` with at least a ``findings`` column."""
-    path = Path(path)
-    try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
-    except Exception as e:  # pandas raises many types for bad files
-        raise ValueError(f"{path}: cannot read manifest ({e})") from None
-    for col in ("volume_id", "findings"):
+TEXT_COLUMNS = ("volume_id", "split", "findings", "impressions")
+
+
+def read_report_manifest(source: str | Path | pd.DataFrame, require: Sequence[str] = ("findings",)) -> pd.DataFrame:
+    """A report manifest (CSV/Parquet path, or a frame) indexed by volume id, for training and embedding.
+
+    The lenient reader: only ``volume_id`` and the ``require``d columns must exist (CLIP needs
+    ``findings``; embedding needs none), so a ``volume_id, findings, impressions`` table works as well as
+    a full manifest of :mod:`silverclip.data.manifest` (whose strict reader is for preprocessing: it
+    also demands paths, formats and spacing). Ids are normalised (``x.nii.gz`` -> ``x``) and must be
+    unique; text columns are read as strings (empty cells stay ``""``, ids keep leading zeros).
+    """
+    name = "manifest" if isinstance(source, pd.DataFrame) else str(source)
+    if isinstance(source, pd.DataFrame):
+        df = source.copy()
+        if "volume_id" not in df.columns and df.index.name == "volume_id":
+            df = df.reset_index()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: manifest not found")
+        try:
+            if path.suffix == ".parquet":
+                df = pd.read_parquet(path)
+            else:
+                df = pd.read_csv(path, keep_default_na=False, dtype={c: str for c in TEXT_COLUMNS})
+        except Exception as e:  # pandas raises many types for bad files
+            raise ValueError(f"{path}: cannot read manifest ({type(e).__name__}: {e})") from None
+    for col in ("volume_id", *require):
         if col not in df.columns:
-            raise ValueError(f"{path}: manifest has no {col!r} column (columns: {list(df.columns)})")
+            raise ValueError(f"{name}: manifest has no {col!r} column (columns: {list(df.columns)})")
     df["volume_id"] = df["volume_id"].astype(str).map(volume_id)
     dup = df["volume_id"][df["volume_id"].duplicated()].tolist()
     if dup:
-        raise ValueError(f"{path}: duplicate volume_id(s): {dup[:5]}")
+        raise ValueError(f"{name}: duplicate volume_id(s): {dup[:5]}")
     return df.set_index("volume_id")
 
 
-def report_text(row: pd.Series, include_impressions: bool) -> str:
-    """Findings, optionally followed by Impressions (empty/NaN parts dropped)."""
+def report_text(row: pd.Series | dict, include_impressions: bool = False) -> str:
+    """The text of a report as CLIP trains on it and ``silverclip embed`` embeds it: Findings, optionally
+    followed by Impressions (empty/NaN parts dropped)."""
     parts = [row.get("findings", "")]
     if include_impressions:
         parts.append(row.get("impressions", ""))
@@ -277,7 +299,13 @@ class EpochSampler(Sampler):
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy/random in a worker from torch's per-worker seed (torch seeds only itself)."""
+    """Worker set-up: one intra-op thread, and numpy/random seeded from torch's per-worker seed.
+
+    Workers only slice and normalise; with N workers each running torch's default thread pool the
+    machine would be oversubscribed (torch's worker loop also sets 1 thread; said here explicitly).
+    The main process keeps its own setting for the model.
+    """
+    torch.set_num_threads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

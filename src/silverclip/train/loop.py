@@ -244,7 +244,7 @@ def fit(
                 rng_states=rngs if world > 1 else rngs[0],
             )
         if main:
-            extra = {"val": state["val"], "epoch": state["epoch"]}
+            extra = {**info.get("extra", {}), "val": state["val"], "epoch": state["epoch"]}
             ckpt.save_checkpoint(
                 folder, model, step=state["step"], task=task.name, extra=extra, training_state=training_state, **meta
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,22 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _same_preset(a: VolumeCache, b: VolumeCache) -> None:
-    pa, pb = a.preset, b.preset
+def _val_cache(cfg: PretrainConfig | ClipConfig, cache: VolumeCache) -> VolumeCache:
+    """The validation cache (``cfg.val_cache``, else the training cache), checked to share its preset."""
+    if not cfg.val_cache:
+        return cache
+    val = VolumeCache(cfg.val_cache)
+    pa, pb = cache.preset, val.preset
     if (pa.window, pa.output_range, pa.spacing) != (pb.window, pb.output_range, pb.spacing):
         raise ValueError(
-            f"caches {a.root} and {b.root} were made with different presets ({pa.name} vs {pb.name}); "
+            f"caches {cache.root} and {val.root} were made with different presets ({pa.name} vs {pb.name}); "
             "training and validation must share spacing and HU window"
         )
+    return val
+
+
+def _dataset_kwargs(cfg: PretrainConfig | ClipConfig) -> dict:
+    return {"crop": cfg.data.crop, "random_flip": cfg.data.random_flip, "seed": cfg.train.seed}
 
 
 def pretrain_datasets(cfg: PretrainConfig) -> tuple[LabeledVolumeDataset, LabeledVolumeDataset | None, VolumeCache]:
@@ -54,11 +64,10 @@ def pretrain_datasets(cfg: PretrainConfig) -> tuple[LabeledVolumeDataset, Labele
     cache = VolumeCache(cfg.cache)
     labels = load_label_table(cfg.labels)
     ids = align_ids(cache.ids(), list(labels.index), str(cfg.cache), str(cfg.labels)).ids
-    kw = {"crop": cfg.data.crop, "random_flip": cfg.data.random_flip, "seed": cfg.train.seed}
+    kw = _dataset_kwargs(cfg)
     val = None
     if cfg.val_labels is not None:
-        val_cache = VolumeCache(cfg.val_cache) if cfg.val_cache else cache
-        _same_preset(cache, val_cache)
+        val_cache = _val_cache(cfg, cache)
         val_labels = load_label_table(cfg.val_labels)
         val_ids = align_ids(val_cache.ids(), list(val_labels.index), str(val_cache.root), str(cfg.val_labels)).ids
         if val_cache is cache:
@@ -83,11 +92,18 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
 
 
 def _pretrain(cfg: PretrainConfig) -> FitResult:
+    def make_task(cache: VolumeCache, val: LabeledVolumeDataset | None) -> SupervisedTask:
+        return SupervisedTask(cfg.model, cache.preset, cfg.model_kwargs)
+
+    return _run_stage(cfg, pretrain_datasets, make_task)
+
+
+def _run_stage(cfg: PretrainConfig | ClipConfig, datasets: Callable, make_task: Callable) -> FitResult:
+    """Run folder (rank 0), datasets, task, :func:`~silverclip.train.loop.fit`: the steps both stages share."""
     if _is_main_process():
         prepare_run_dir(cfg.out, cfg)
-    train, val, cache = pretrain_datasets(cfg)
-    task = SupervisedTask(cfg.model, cache.preset, cfg.model_kwargs)
-    return fit(task, train, val, cfg.train, cfg.data, cfg.out)
+    train, val, cache = datasets(cfg)
+    return fit(make_task(cache, val), train, val, cfg.train, cfg.data, cfg.out)
 
 
 def _manifest_labels(manifest: pd.DataFrame, ids: list[str], labels_csv: Path | None) -> np.ndarray | None:
@@ -118,11 +134,10 @@ def clip_datasets(cfg: ClipConfig) -> tuple[ReportVolumeDataset, ReportVolumeDat
     """Training/validation (volume, report) datasets of a CLIP config."""
     cache = VolumeCache(cfg.cache)
     manifest = read_report_manifest(cfg.manifest)
-    kw = {"crop": cfg.data.crop, "random_flip": cfg.data.random_flip, "seed": cfg.train.seed}
+    kw = _dataset_kwargs(cfg)
     val_cache, val_manifest = cache, None
     if cfg.val_manifest is not None:
-        val_cache = VolumeCache(cfg.val_cache) if cfg.val_cache else cache
-        _same_preset(cache, val_cache)
+        val_cache = _val_cache(cfg, cache)
         val_manifest = read_report_manifest(cfg.val_manifest)
     elif "split" in manifest.columns:
         is_val = manifest["split"].astype(str).str.lower().isin(VALID_SPLITS)
@@ -150,16 +165,17 @@ def run_clip(cfg: ClipConfig) -> Path:
 
 
 def _clip(cfg: ClipConfig) -> FitResult:
-    if _is_main_process():
-        prepare_run_dir(cfg.out, cfg)
-    train, val, cache = clip_datasets(cfg)
-    task = ClipTask(
-        cache.preset,
-        image_model=cfg.image_model,
-        text_model=cfg.text_model,
-        init=cfg.init,
-        model_kwargs=cfg.model_kwargs,
-        retrieval_ks=cfg.retrieval_ks,
-        has_labels=val is not None and val.labels is not None,
-    )
-    return fit(task, train, val, cfg.train, cfg.data, cfg.out)
+    def make_task(cache: VolumeCache, val: ReportVolumeDataset | None) -> ClipTask:
+        return ClipTask(
+            cache.preset,
+            image_model=cfg.image_model,
+            text_model=cfg.text_model,
+            init=cfg.init,
+            model_kwargs=cfg.model_kwargs,
+            retrieval_ks=cfg.retrieval_ks,
+            has_labels=val is not None and val.labels is not None,
+            include_impressions=cfg.include_impressions,
+            template_set=cfg.zero_shot_templates,
+        )
+
+    return _run_stage(cfg, clip_datasets, make_task)

@@ -6,8 +6,12 @@ everything else (devices, precision, DDP, accumulation, clipping, schedule, chec
 Contract (duck-typed, see :class:`Task`): ``build_model() -> nn.Module``; ``loss(model, batch) ->
 scalar tensor`` where ``model`` may be the DDP/compiled wrapper and ``batch`` is already on the
 device; ``validate(model, loader, device, autocast) -> {name: value}`` with ``primary_metric`` among
-the keys (higher is better); ``checkpoint_info() -> dict`` (findings, preset, tokenizer) stored with
-every checkpoint.
+the keys (higher is better); ``checkpoint_info() -> dict`` (findings, preset, tokenizer, and
+``extra``: JSON-able facts merged into ``checkpoint.json``'s ``extra``) stored with every checkpoint.
+
+Validation metrics are the evaluation package's own functions (:mod:`silverclip.eval.metrics`,
+:mod:`silverclip.eval.retrieval`, :mod:`silverclip.eval.zero_shot`: one definition of AUC, Recall@K
+and the zero-shot prompts), applied to the validation set held in memory.
 """
 
 from __future__ import annotations
@@ -24,45 +28,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from silverclip.data.presets import Preset
-from silverclip.findings import FINDINGS, load_findings
+from silverclip.findings import FINDINGS
 
 log = logging.getLogger(__name__)
 
 AutocastFactory = Callable[[], contextlib.AbstractContextManager]
-
-
-def per_finding_auc(labels: np.ndarray, scores: np.ndarray, names: tuple[str, ...] = FINDINGS) -> dict[str, float]:
-    """AUC per finding (scikit-learn) over entries labelled 0/1; NaN where a finding lacks one class.
-
-    labels: (N, F) in {1, 0, -1, nan}; scores: (N, F) any monotone score of P(present).
-    """
-    from sklearn.metrics import roc_auc_score
-
-    out = {}
-    for j, name in enumerate(names):
-        y, s = labels[:, j], scores[:, j]
-        keep = ((y == 0) | (y == 1)) & np.isfinite(s)
-        y, s = y[keep], s[keep]
-        out[name] = float(roc_auc_score(y, s)) if y.size and 0 < y.sum() < y.size else float("nan")
-    return out
-
-
-def mean_defined(values: dict[str, float]) -> float:
-    v = np.array([x for x in values.values() if np.isfinite(x)], dtype=float)
-    return float(v.mean()) if v.size else float("nan")
-
-
-def recall_at_k(similarity: np.ndarray, ks: list[int]) -> dict[int, float]:
-    """Report-to-image Recall@K: ``similarity[i, j]`` of text i and image j; a hit when image i ranks in the top K.
-
-    Ties count against the query (rank = number of images scoring strictly higher, plus ties other than
-    itself), so a constant model gets no credit. K larger than the gallery counts every query as a hit.
-    """
-    own = np.diag(similarity)[:, None]
-    higher = (similarity > own).sum(axis=1)
-    ties = (similarity == own).sum(axis=1) - 1
-    rank = higher + ties  # 0-based worst-case rank of the own image
-    return {k: float((rank < k).mean()) for k in ks}
 
 
 class Task:
@@ -115,6 +85,7 @@ class SupervisedTask(Task):
 
     @torch.no_grad()
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast: AutocastFactory) -> dict:
+        from silverclip.eval.metrics import per_finding_auc
         from silverclip.losses import masked_bce_with_logits
 
         model.eval()
@@ -130,8 +101,8 @@ class SupervisedTask(Task):
             weights.append(w.numpy())
         y = np.concatenate(targets)
         y[np.concatenate(weights) == 0] = np.nan  # masked entries are not ground truth
-        aucs = per_finding_auc(y, np.concatenate(scores))
-        out = {"loss": sum(losses) / len(y), "mean_auc": mean_defined(aucs)}
+        aucs = per_finding_auc(y, np.concatenate(scores), FINDINGS)
+        out = {"loss": sum(losses) / len(y), "mean_auc": aucs.pop("mean")}
         out.update({f"auc/{k}": v for k, v in aucs.items()})
         return out
 
@@ -139,10 +110,15 @@ class SupervisedTask(Task):
 class ClipTask(Task):
     """Symmetric InfoNCE between volumes and report texts (embeddings gathered across ranks by ClipLoss).
 
-    Validation on the validation pairs: report-to-image Recall@K (each report queries all validation
-    volumes; a hit when its own volume is in the top K) and, where validation labels exist, zero-shot
-    AUC with one (positive, negative) prompt pair per finding; ``primary_metric`` is ``zs_mean_auc``
-    then, else ``r2i_mean_recall``.
+    Validation on the validation pairs, with the evaluation's definitions: report-to-image Recall@K
+    (:func:`silverclip.eval.retrieval.recall_at_k`, per-volume: each report queries all validation
+    volumes and hits when its own volume is in the top K) and, where validation labels exist,
+    zero-shot AUC from the prompt pairs of ``template_set`` (:mod:`silverclip.eval.zero_shot`; the
+    prompts are encoded once per validation). ``primary_metric`` is ``zs_mean_auc`` then, else
+    ``r2i_mean_recall``.
+
+    ``include_impressions`` (how the training texts were built) is recorded in every checkpoint's
+    ``extra`` so that ``silverclip embed`` embeds reports the same way by default.
     """
 
     name = "clip"
@@ -156,16 +132,21 @@ class ClipTask(Task):
         model_kwargs: dict[str, Any] | None = None,
         retrieval_ks: list[int] | None = None,
         has_labels: bool = False,
+        include_impressions: bool = False,
+        template_set: str | None = None,
     ):
+        from silverclip.eval.retrieval import RECALL_KS
+
         self.preset = preset
         self.image_model = image_model
         self.text_model = text_model
         self.init = Path(init) if init else None
         self.model_kwargs = dict(model_kwargs or {})
-        self.retrieval_ks = list(retrieval_ks or [5, 10, 50, 100])
+        self.retrieval_ks = list(retrieval_ks or RECALL_KS)
+        self.include_impressions = bool(include_impressions)
+        self.template_set = template_set
         self.primary_metric = "zs_mean_auc" if has_labels else "r2i_mean_recall"
         self.ddp_find_unused_parameters = True  # the image tower's classification head is not used by CLIP
-        self._config: dict[str, Any] | None = None
         self.module: nn.Module | None = None
         self._losses: dict[bool, nn.Module] = {}
 
@@ -196,7 +177,13 @@ class ClipTask(Task):
     def checkpoint_info(self) -> dict[str, Any]:
         text = getattr(self.module, "text_tower", None)
         tok = getattr(text, "tokenizer_name", None) or getattr(text, "name_or_path", self.text_model)
-        return {"findings": list(FINDINGS), "preset": self.preset.to_dict(), "tokenizer": tok, "task": self.name}
+        return {
+            "findings": list(FINDINGS),
+            "preset": self.preset.to_dict(),
+            "tokenizer": tok,
+            "task": self.name,
+            "extra": {"include_impressions": self.include_impressions},
+        }
 
     def _criterion(self, gather: bool = True) -> nn.Module:
         """ClipLoss; training gathers across ranks, validation (rank 0 alone) must not."""
@@ -217,8 +204,12 @@ class ClipTask(Task):
 
     @torch.no_grad()
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast: AutocastFactory) -> dict:
+        from silverclip.eval.metrics import per_finding_auc
+        from silverclip.eval.retrieval import recall_at_k
+        from silverclip.eval.zero_shot import build_zero_shot_classifier, logit_scale_of, zero_shot_probabilities
+
         model.eval()
-        img, txt, labels, losses, n = [], [], [], 0.0, 0
+        img, txt, ids, labels, losses, n = [], [], [], [], 0.0, 0
         for batch in loader:
             x = batch["image"].to(device, non_blocking=True)
             with autocast():
@@ -229,36 +220,23 @@ class ClipTask(Task):
                 n += len(x)
             img.append(i.cpu())
             txt.append(t.cpu())
+            ids += list(batch["id"])
             if "labels" in batch:
                 labels.append(batch["labels"].numpy())
         img_e, txt_e = torch.cat(img), torch.cat(txt)
-        sim = (txt_e @ img_e.T).numpy()
-        recalls = recall_at_k(sim, self.retrieval_ks)
+        recalls = recall_at_k(txt_e, img_e, ids, ids, self.retrieval_ks, mode="per-volume")["recall"]
         result = {f"r2i_recall@{k}": v for k, v in recalls.items()}
         result["r2i_mean_recall"] = float(np.mean(list(recalls.values())))
         if n:
             result["loss"] = losses / n
         if labels:
-            aucs = per_finding_auc(np.concatenate(labels), self.zero_shot_scores(img_e, device, autocast))
-            result["zs_mean_auc"] = mean_defined(aucs)
+            with autocast():  # (F, 2, E): every prompt encoded once for all validation volumes
+                classifier = build_zero_shot_classifier(model, FINDINGS, self.template_set, device=device)
+            probs = zero_shot_probabilities(img_e, classifier, logit_scale_of(model))
+            aucs = per_finding_auc(np.concatenate(labels), probs, FINDINGS)
+            result["zs_mean_auc"] = aucs.pop("mean")
             result.update({f"zs_auc/{k}": v for k, v in aucs.items()})
         return result
-
-    def zero_shot_scores(
-        self, image_embeds: torch.Tensor, device: torch.device, autocast: AutocastFactory
-    ) -> np.ndarray:
-        """P(present) per (volume, finding): softmax over the similarities to "{f} is present." / "... not present."
-
-        The prompts are encoded once for all volumes. Returns (N, 18).
-        """
-        prompts = []
-        for f in load_findings():
-            prompts += [f"{f.prompt} is present.", f"{f.prompt} is not present."]
-        with autocast():
-            emb = self.module.encode_text(self.tokenize(prompts, device)).float().cpu()
-        emb = emb.view(len(FINDINGS), 2, -1)  # (F, 2, E)
-        sims = torch.einsum("ne,fke->nfk", image_embeds, emb)  # (N, F, 2)
-        return torch.softmax(sims, dim=-1)[..., 0].numpy()
 
 
 def _checkpoint_model_config(folder: Path) -> dict[str, Any]:
@@ -266,12 +244,9 @@ def _checkpoint_model_config(folder: Path) -> dict[str, Any]:
 
     A CLIP checkpoint contributes its image tower's config, so CLIP can also be continued from CLIP.
     """
-    import json
+    from silverclip.checkpoint import read_checkpoint_meta
 
-    meta_path = Path(folder) / "checkpoint.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder}: not a checkpoint folder (checkpoint.json is missing)")
-    cfg = dict(json.loads(meta_path.read_text()).get("model_config") or {})
+    cfg = dict(read_checkpoint_meta(folder).get("model_config") or {})
     if cfg.get("name") in ("clip", "clip_authors"):
         cfg = dict(cfg.get("image") or {})
     cfg.pop("num_classes", None)
