@@ -32,7 +32,9 @@ STAGES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="silverclip", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="silverclip", description="3D chest-CT vision-language pre-training with cheap (silver) labels."
+    )
     parser.add_argument("--version", action="version", version=f"silverclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE")

@@ -18,6 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="pipeline YAML (configs/demo.yaml, configs/ctrate_paper.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--force", nargs="*", default=[], metavar="STAGE", help="rerun these completed stages")
+    p.add_argument(
+        "--until",
+        metavar="STAGE",
+        help="stop after this stage (data, preprocess, labels, pretrain, clip, embed, evaluate); e.g. --until labels "
+        "before starting the training stages under torchrun",
+    )
     p.set_defaults(func=_run)
 
 
@@ -28,7 +34,9 @@ def _run(args: argparse.Namespace) -> int:
     from silverclip.pipeline.summary import headline_lines
 
     cfg = load_config(PipelineConfig, args.config, args.overrides)
-    summary = Pipeline(cfg, force=tuple(args.force)).run_all()
+    summary = Pipeline(cfg, force=tuple(args.force)).run_all(until=args.until)
+    if summary is None:  # stopped early (--until) or a non-zero torchrun rank
+        return 0
     print(f"\nReport: {summary['report']}")
     for line in headline_lines(summary):
         print(f"  {line}")

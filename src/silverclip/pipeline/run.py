@@ -308,24 +308,124 @@ class Pipeline:
         return (runner or self.runner).run("evaluate", build, config=(emb, ecfg))
 
     # ---------------------------------------------------------------- everything
-    def run_all(self) -> dict[str, Any]:
-        prepare_run_dir(self.run_dir, self.cfg)
+    def external(self, checkpoint: str, out: Path, runner: StageRunner | None = None) -> dict[str, Any]:
+        """RAD-ChestCT external test: ingest, preprocess with the run's preset, embed, 16-finding evaluation."""
+        ext, ecfg = self.cfg.external, self.cfg.evaluate
+
+        def build() -> dict[str, Any]:
+            from silverclip.checkpoint import load_model
+            from silverclip.data.manifest import write_manifest
+            from silverclip.data.preprocess import preprocess_manifest
+            from silverclip.data.radchestct import ingest_radchestct
+            from silverclip.eval.embeddings import compute_embeddings
+            from silverclip.eval.retrieval import evaluate_retrieval
+            from silverclip.eval.zero_shot import evaluate_zero_shot
+
+            manifest = ingest_radchestct(ext.volumes, ext.labels, split=ext.split)
+            manifest_path = write_manifest(manifest, out / "manifest.csv")
+            cache = out / "cache"
+            failures = preprocess_manifest(
+                manifest,
+                self.cfg.preprocess.preset,
+                cache,
+                workers=self.cfg.preprocess.workers,
+                progress=self.cfg.progress,
+            )
+            failures.report()
+            device = _device(ecfg.device)
+            model, meta = load_model(checkpoint, map_location=device)
+            info = {"checkpoint": checkpoint, "model_config": meta.get("model_config"), "step": meta.get("step")}
+            emb, failures = compute_embeddings(
+                model,
+                cache,
+                manifest_path,
+                out / "embeddings",
+                meta=info,
+                batch_size=ecfg.batch_size,
+                device=device,
+                texts=False,
+                progress=self.cfg.progress,
+            )
+            failures.report()
+            from silverclip.data.manifest import REQUIRED_COLUMNS
+            from silverclip.eval.radchestct import map_labels
+
+            raw = manifest.set_index("volume_id").drop(columns=[c for c in REQUIRED_COLUMNS if c != "volume_id"])
+            labels = map_labels(raw)  # the 84 RAD-ChestCT columns -> the 16 scored CT-RATE findings
+            zs = evaluate_zero_shot(
+                out / "embeddings",
+                labels,
+                out / "zero_shot",
+                mode=ecfg.mode,
+                template_set=ecfg.template_set,
+                protocol="radchestct",
+                n_boot=ecfg.n_boot,
+                seed=self.cfg.seed,
+            )
+            rt = evaluate_retrieval(out / "embeddings", labels, out / "retrieval", protocol="radchestct")
+            return {"zero_shot": headline_zero_shot(zs), "retrieval": headline_retrieval(rt), "dir": str(out)}
+
+        return (runner or self.runner).run("external", build, config=(checkpoint, ext, ecfg))
+
+    # ---------------------------------------------------------------- everything
+    def run_all(self, until: str | None = None) -> dict[str, Any] | None:
+        """Run every stage (or up to and including ``until``); return the summary (None on non-zero ranks).
+
+        Under ``torchrun`` every rank runs the two training stages together (DDP); the stages before them must
+        already be complete (``silverclip run CONFIG --until labels`` in one process), and the stages after
+        them run on rank 0 only.
+        """
+        import os
+
+        if until is not None and until not in STAGE_ORDER:
+            raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGE_ORDER)}")
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if distributed:
+            missing = [s for s in ("data", "preprocess", "labels") if self.runner.done(s) is None]
+            if missing:
+                raise RuntimeError(
+                    f"stage(s) {missing} are not complete in {self.run_dir}: run them once in a single process "
+                    "first (silverclip run CONFIG --until labels), then start the training stages under torchrun"
+                )
+        elif self.runner.is_main:
+            prepare_run_dir(self.run_dir, self.cfg)
+
+        def stop(stage: str) -> bool:
+            return until is not None and STAGE_ORDER.index(stage) >= STAGE_ORDER.index(until)
+
         data = self.data()
+        if stop("data"):
+            return None
         pre = self.preprocess(data)
+        if stop("preprocess"):
+            return None
         labels = self.labels(data)
+        if stop("labels"):
+            return None
         init = None
         if self.cfg.pretrain_enabled:
             init = self.pretrain(
                 pre["cache"], labels["labels"], data.get("gold_valid"), self.run_dir / "pretrain", seed=self.cfg.seed
             )["checkpoint"]
+        if stop("pretrain"):
+            return None
         clip = self.clip(pre["cache"], data, init, self.run_dir / "clip", seed=self.cfg.seed)
+        if not self.runner.is_main or stop("clip"):
+            return None
         emb = self.embed(clip["checkpoint"], pre["cache"], data, self.run_dir / "embeddings")
+        if stop("embed"):
+            return None
         ev = self.evaluate(emb, data, self.run_dir / "eval")
         summary = {"run_dir": str(self.run_dir), "data": data, "labels": labels, "evaluation": ev}
+        if self.cfg.external.enabled:
+            summary["external"] = self.external(clip["checkpoint"], self.run_dir / "external")
         from silverclip.pipeline.summary import write_summary
 
         summary["report"] = str(write_summary(self.run_dir, summary))
         return summary
+
+
+STAGE_ORDER = ("data", "preprocess", "labels", "pretrain", "clip", "embed", "evaluate")
 
 
 def headline_zero_shot(results: dict[str, Any]) -> dict[str, Any]:

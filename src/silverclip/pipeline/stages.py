@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,9 +51,15 @@ class StageRunner:
             return None
         return json.loads(path.read_text())
 
+    @property
+    def is_main(self) -> bool:
+        """Under torchrun every rank runs the training stages; only rank 0 logs and writes markers."""
+        return int(os.environ.get("RANK", "0")) == 0
+
     def run(self, name: str, fn: Callable[[], dict[str, Any]], config: Any = None) -> dict[str, Any]:
         """Run ``fn`` unless stage ``name`` is complete with the same config; return its outputs."""
         fp = fingerprint(config)
+        log = self.log if self.is_main else (lambda _msg: None)
         previous = self.done(name)
         if previous is not None and name not in self.force:
             if previous.get("fingerprint") != fp:
@@ -60,15 +67,16 @@ class StageRunner:
                     f"stage {name!r} in {self.run_dir} was completed with a different config; "
                     f"use a new run folder or rerun it with --force {name}"
                 )
-            self.log(f"[{name}] already complete, skipped ({self.marker(name)})")
+            log(f"[{name}] already complete, skipped ({self.marker(name)})")
             return previous["outputs"]
-        self.log(f"[{name}] running ...")
+        log(f"[{name}] running ...")
         start = time.perf_counter()
         outputs = fn() or {}
         seconds = time.perf_counter() - start
-        atomic_write_json(
-            self.marker(name),
-            {"stage": name, "fingerprint": fp, "seconds": round(seconds, 2), "outputs": config_to_dict(outputs)},
-        )
-        self.log(f"[{name}] done in {seconds:.1f} s")
+        if self.is_main:
+            atomic_write_json(
+                self.marker(name),
+                {"stage": name, "fingerprint": fp, "seconds": round(seconds, 2), "outputs": config_to_dict(outputs)},
+            )
+        log(f"[{name}] done in {seconds:.1f} s")
         return config_to_dict(outputs)
