@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import tiny_config
 
+from pipeline_fixtures import tiny_config
 from silverclip.cli import main
 from silverclip.findings import FINDINGS
 
