@@ -515,3 +515,35 @@ def test_run_killed_midway_resumes_without_losing_or_repeating_work(fake_llm, re
     assert len(server.requests) == len(reports) + 4  # + the 4 in flight at the kill, never answered
     with sqlite3.connect(cache) as db:
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT text_sha256) FROM answers").fetchone() == (12, 12)
+
+
+# ------------------------------------------------------------------------------------- CLI end to end
+
+
+def test_labels_extract_cli_with_llm_backend(fake_llm, reports, tmp_path, capsys) -> None:
+    from silverclip.cli import main
+    from silverclip.labels.table import read_labels
+
+    server = fake_llm()
+    ids = list(reports)[:3]
+    csv = tmp_path / "reports.csv"
+    pd.DataFrame(
+        {
+            "VolumeName": [f"{i}_a_1.nii.gz" for i in ids],
+            "Findings_EN": [reports[i] for i in ids],
+            "Impressions_EN": ["No acute findings."] * 3,
+        }
+    ).to_csv(csv, index=False)
+    out = tmp_path / "labels.csv"
+    argv = ["labels", "extract", "--backend", "llm", "--reports", str(csv), "--out", str(out)]
+    argv += ["--base-url", server.base_url, "--no-progress", "--price-input-per-m", "1", "--price-output-per-m", "2"]
+    assert main(argv) == 0
+    labels = read_labels(out)
+    assert len(labels) == 3 and len(server.requests) == 3
+    expected = sorted(expected_labels(r["report"]) for r in server.requests)
+    assert sorted(labels.astype(int).values.tolist()) == expected
+    assert "cost_usd" in capsys.readouterr().out
+    assert main(argv) == 0 and len(server.requests) == 3  # rerun: everything from the cache
+    capsys.readouterr()
+    assert main([*argv[:8], "--base-url", "https://api.example.com/v1", "--no-progress"]) != 0
+    assert "--allow-remote-endpoint" in capsys.readouterr().err and len(server.requests) == 3

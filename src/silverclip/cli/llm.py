@@ -96,7 +96,11 @@ def llm_config_from_args(args: argparse.Namespace):  # -> LLMConfig (import kept
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("llm", help="local LLM endpoint for the LLM labeller", description=__doc__)
+    p = subparsers.add_parser(
+        "llm",
+        help="local LLM endpoint for the LLM labeller",
+        description="Local OpenAI-compatible LLM endpoint for `silverclip labels extract --backend llm`.",
+    )
     sub = p.add_subparsers(dest="llm_command", metavar="COMMAND")
     s = sub.add_parser(
         "serve",
