@@ -312,8 +312,11 @@ def fit(
             bar.update(1)
             if window["n"] >= cfg.log_every or state["step"] == total:
                 elapsed = time.perf_counter() - window["t0"]
+                loss_mean = window["loss"] / window["n"]
+                if world > 1:  # every rank logs at the same steps; log the mean over ranks, not rank 0's shard
+                    loss_mean = float(dist.all_reduce_mean(torch.tensor(loss_mean, device=device, dtype=torch.float64)))
                 values = {
-                    "loss": window["loss"] / window["n"],
+                    "loss": loss_mean,
                     "lr": optimizer.param_groups[0]["lr"],
                     "grad_norm": grad_norm,
                     "volumes_per_s": window["volumes"] / max(elapsed, 1e-9),
