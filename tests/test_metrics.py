@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_s
 from silverclip.eval.metrics import (
     binary_metrics,
     fast_binary_metrics,
+    per_finding_auc,
     per_finding_metrics,
     select_threshold,
     valid_mask,
@@ -109,3 +110,16 @@ def test_ctclip_threshold_matches_reference_loop():
         if d <= best:
             best, best_t = d, th
     assert select_threshold(y, s, "ctclip") == pytest.approx(best_t)
+
+
+def test_per_finding_auc_leaves_out_uncertain_and_single_class_findings():
+    rng = np.random.default_rng(3)
+    labels = rng.choice([1.0, 0.0, -1.0, np.nan], size=(60, 3))
+    labels[:, 2] = np.where(labels[:, 2] == 1, 0, labels[:, 2])  # finding 2 has no positive
+    scores = rng.random((60, 3)) + 0.3 * (labels == 1)
+    aucs = per_finding_auc(labels, scores, ["a", "b", "c"])
+    for j, name in enumerate(["a", "b"]):
+        keep = (labels[:, j] == 0) | (labels[:, j] == 1)
+        assert aucs[name] == pytest.approx(roc_auc_score(labels[keep, j], scores[keep, j]))
+    assert np.isnan(aucs["c"])
+    assert aucs["mean"] == pytest.approx((aucs["a"] + aucs["b"]) / 2)

@@ -14,6 +14,7 @@ from silverclip.train.data import (
     align_ids,
     make_loader,
     patient_of,
+    read_report_manifest,
     report_text,
     split_by_patient,
 )
@@ -112,6 +113,42 @@ def test_report_text():
     assert report_text(row, False) == "Lungs clear."
     assert report_text(row, True) == "Lungs clear. Normal."
     assert report_text({"findings": float("nan"), "impressions": "x"}, False) == ""
+
+
+def test_report_manifest_from_a_path_or_a_frame(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "m.csv"
+    path.write_text("volume_id,findings,impressions\n007.nii.gz,Lungs clear.,\ntrain_1_a_1,,Normal.\n")
+    df = read_report_manifest(path)
+    assert list(df.index) == ["007", "train_1_a_1"]  # suffix stripped, leading zeros kept
+    assert df.loc["train_1_a_1", "findings"] == "" and report_text(df.loc["007"], True) == "Lungs clear."
+    frame = read_report_manifest(pd.DataFrame({"volume_id": ["a", "b"]}), require=())  # embedding needs no text
+    assert list(frame.index) == ["a", "b"]
+    assert list(read_report_manifest(df).index) == list(df.index)  # a frame indexed by volume_id is accepted
+    with pytest.raises(ValueError, match="no 'findings' column"):
+        read_report_manifest(pd.DataFrame({"volume_id": ["a"]}))
+    with pytest.raises(ValueError, match="duplicate volume_id"):
+        read_report_manifest(pd.DataFrame({"volume_id": ["a.nii.gz", "a"], "findings": ["x", "y"]}))
+
+
+class _Threads(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, key):
+        return torch.get_num_threads()
+
+
+def test_loader_workers_use_one_thread_and_the_main_process_keeps_its_own():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a forked worker would inherit 2 without its own setting
+    try:
+        loader = make_loader(_Threads(), batch_size=2, train=False, num_workers=1)
+        assert [int(t) for b in loader for t in b] == [1, 1, 1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_schedule_shape():
