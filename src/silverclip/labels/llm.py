@@ -110,8 +110,8 @@ async def extract_labels_llm_async(
     ids_by_key: dict[str, list[str]] = {}
     text_by_key: dict[str, str] = {}
     for rid, text in reports.items():
-        if text is None or not str(text).strip():
-            failures.add(rid, where, "empty report text")
+        if not isinstance(text, str) or not text.strip():
+            failures.add(rid, where, "empty report text" if isinstance(text, str) or text is None else "not text")
             continue
         key = cache_key(config.model, prompt.prompt_id, text)
         ids_by_key.setdefault(key, []).append(rid)
