@@ -463,6 +463,19 @@ extract_labels_llm(reports, config, sys.argv[3], progress=False)
 """
 
 
+def _count_rows(cache: Path) -> int:
+    """Answers committed so far (0 while the child is still creating the file or its table)."""
+    if not cache.exists():
+        return 0
+    db = sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+    except sqlite3.OperationalError:  # no such table yet
+        return 0
+    finally:
+        db.close()
+
+
 def test_run_killed_midway_resumes_without_losing_or_repeating_work(fake_llm, reports, tmp_path) -> None:
     finish_first = 5
     release = threading.Event()
@@ -482,10 +495,7 @@ def test_run_killed_midway_resumes_without_losing_or_repeating_work(fake_llm, re
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # all finished answers committed, the next ones in flight
-            rows = 0
-            if cache.exists():
-                with sqlite3.connect(cache) as db:
-                    rows = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+            rows = _count_rows(cache)
             with server.lock:
                 held = len(server.requests) - finish_first
             if rows == finish_first and held == 4:
@@ -513,8 +523,9 @@ def test_run_killed_midway_resumes_without_losing_or_repeating_work(fake_llm, re
         answered[r["report"]] = answered.get(r["report"], 0) + int(r["answered"])
     assert sorted(answered) == sorted(reports.values()) and set(answered.values()) == {1}
     assert len(server.requests) == len(reports) + 4  # + the 4 in flight at the kill, never answered
-    with sqlite3.connect(cache) as db:
-        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT text_sha256) FROM answers").fetchone() == (12, 12)
+    db = sqlite3.connect(cache)
+    assert db.execute("SELECT COUNT(*), COUNT(DISTINCT text_sha256) FROM answers").fetchone() == (12, 12)
+    db.close()
 
 
 # ------------------------------------------------------------------------------------- CLI end to end
