@@ -148,45 +148,11 @@ def test_embed_resume_evaluate_search(checkpoint, tmp_path, monkeypatch):
     assert np.allclose(emb.image, fresh.image[order], atol=1e-5)
 
     out = tmp_path / "eval"
-    assert (
-        main(
-            [
-                "evaluate",
-                "zero-shot",
-                "--embeddings",
-                str(emb_dir),
-                "--labels",
-                str(labels),
-                "--n-boot",
-                "20",
-                "--out",
-                str(out / "zs"),
-            ]
-        )
-        == 0
-    )
+    zero_shot = ["evaluate", "zero-shot", "--embeddings", str(emb_dir), "--labels", str(labels), "--n-boot", "20"]
+    assert main([*zero_shot, "--out", str(out / "zs")]) == 0
     assert (out / "zs" / "roc_curves.png").is_file() and (out / "zs" / "zero_shot.md").is_file()
-    assert (
-        main(
-            [
-                "evaluate",
-                "zero-shot",
-                "--embeddings",
-                str(emb_dir),
-                "--labels",
-                str(labels),
-                "--n-boot",
-                "20",
-                "--val-embeddings",
-                str(emb_dir),
-                "--val-labels",
-                str(labels),
-                "--out",
-                str(out / "zs2"),
-            ]
-        )
-        == 0
-    )
+    val = ["--val-embeddings", str(emb_dir), "--val-labels", str(labels)]
+    assert main([*zero_shot, *val, "--out", str(out / "zs2")]) == 0
     assert (
         main(
             [

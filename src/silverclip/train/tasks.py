@@ -136,7 +136,10 @@ class ClipTask(Task):
         template_set: str | None = None,
     ):
         from silverclip.eval.retrieval import RECALL_KS
+        from silverclip.eval.zero_shot import load_templates
 
+        if template_set is not None:
+            load_templates(template_set)  # an unknown set fails now, not after the first epoch
         self.preset = preset
         self.image_model = image_model
         self.text_model = text_model
