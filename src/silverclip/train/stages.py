@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def _is_main_process() -> bool:
+    """Rank 0 by torchrun's ``RANK`` (the process group only starts inside ``fit``)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
