@@ -246,7 +246,6 @@ class Pipeline:
             model, meta = load_model(checkpoint, map_location=device)
             info = {"checkpoint": checkpoint, "model_config": meta.get("model_config"), "step": meta.get("step")}
             outputs: dict[str, Any] = {}
-            include_impr = bool(self.cfg.clip.get("include_impressions", False))
             parts = {"valid": read_manifest(data["valid_manifest"])}
             if ecfg.mode == "default" and ecfg.threshold_volumes > 0:
                 train = read_manifest(data["train_manifest"])
@@ -263,7 +262,7 @@ class Pipeline:
                     batch_size=ecfg.batch_size,
                     device=device,
                     texts=name == "valid",
-                    include_impressions=include_impr,
+                    include_impressions=None,  # as the checkpoint was trained
                     progress=self.cfg.progress,
                 )
                 failures.report()
