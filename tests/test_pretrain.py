@@ -64,3 +64,23 @@ def test_pretrain_without_matching_ids_names_both_sides(tmp_path):
     other.write_text(p["labels"].read_text().replace("train_", "valid_"))
     with pytest.raises(ValueError, match="no volume id"):
         main(["pretrain", "--cache", str(p["cache"]), "--labels", str(other), "--out", str(tmp_path / "r")])
+
+
+def test_diverged_training_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from silverclip.train.tasks import SupervisedTask
+
+    p = make_all(tmp_path)
+    run = tmp_path / "run"
+    base = ["pretrain", "--cache", str(p["cache"]), "--labels", str(p["labels"]), "--out", str(run)]
+    tiny = [f"model_kwargs={json.dumps(TINY_IMAGE)}", "train.progress=false", "data.batch_size=4"]
+    assert main([*base, *tiny, "train.max_steps=2", "train.checkpoint_every=1"]) == 0
+    saved = (run / "last" / "model.safetensors").read_bytes()
+    real_loss = SupervisedTask.loss
+
+    def nan_loss(self, model, batch):
+        return real_loss(self, model, batch) * float("nan")
+
+    monkeypatch.setattr(SupervisedTask, "loss", nan_loss)
+    with pytest.raises(FloatingPointError, match="diverged at step 3"):
+        main([*base, *tiny, "train.max_steps=4", "train.checkpoint_every=1"])
+    assert (run / "last" / "model.safetensors").read_bytes() == saved

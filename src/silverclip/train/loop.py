@@ -298,10 +298,15 @@ def fit(
                     (loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach())
                 window["volumes"] += len(batch["image"]) * world
-            if cfg.grad_clip is not None:
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            else:
-                grad_norm = float("nan")
+            # the total norm is computed either way (max_norm=inf clips nothing): it is logged and, since DDP
+            # has already averaged the gradients, every rank sees the same value and stops together on NaN/inf
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+            if not (math.isfinite(grad_norm) and math.isfinite(loss_sum)):
+                raise FloatingPointError(
+                    f"training diverged at step {state['step'] + 1}: loss {loss_sum / cfg.grad_accum:.4g}, gradient "
+                    f"norm {grad_norm:.4g}. Lower train.lr, set train.grad_clip, or use train.precision=fp32; "
+                    f"the last checkpoint ({last_dir}) is untouched."
+                )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
