@@ -190,6 +190,20 @@ def test_each_finding_has_a_visible_correlate(difficulty):
             assert diff[changed].mean() > 0
 
 
+def test_lesion_registry_covers_every_finding():
+    """Every finding has a sampler; every one drawn in the volume by a per-key painter has one in PAINTERS
+    (the rest are drawn by Anatomy or by the airway painter), and each is defined in its region module."""
+    from silverclip.synth import lesions_lung, lesions_mediastinum
+    from silverclip.synth.lesions import PAINTERS, SAMPLERS
+
+    assert list(SAMPLERS) == list(FINDING_KEYS)
+    not_keyed = {"cardiomegaly", "pericardial_effusion", "peribronchial_thickening", "bronchiectasis"}
+    assert set(PAINTERS) == set(FINDING_KEYS) - not_keyed
+    for key, fn in [*SAMPLERS.items(), *PAINTERS.items()]:
+        assert fn.__module__ in (lesions_lung.__name__, lesions_mediastinum.__name__), key
+        assert fn.__name__.endswith(key), (key, fn.__name__)
+
+
 def test_difficulty_makes_findings_smaller():
     frame = sample_frame(np.random.default_rng(1))
     geom = recon_geometry(frame, (48, 48, 36), 1, np.random.default_rng(2))

@@ -15,9 +15,11 @@ import numpy as np
 from scipy import ndimage
 
 from silverclip.findings import FINDING_KEYS
-from silverclip.synth import lesions as L
 from silverclip.synth.anatomy import Anatomy
 from silverclip.synth.geometry import BodyGrid, ScanFrame, VolumeGeometry
+from silverclip.synth.lesions import PAINTERS, SAMPLERS
+from silverclip.synth.lesions_lung import paint_airways
+from silverclip.synth.lesions_mediastinum import node_stations, paint_nodes
 
 HU_MIN, HU_MAX = -1024, 3071
 
@@ -48,7 +50,7 @@ def sample_case(labels: np.ndarray, difficulty: float, rng: np.random.Generator,
     anat = Anatomy.sample(rng)
     case = Case(labels=labels, anatomy=anat)
     # normal small lymph nodes in everyone: enlarged ones must be told apart by size
-    names = list(L.node_stations(anat))
+    names = list(node_stations(anat))
     k = int(rng.integers(2, 5))
     case.normal_nodes = ([str(x) for x in rng.choice(names, size=k, replace=False)], rng.uniform(2.5, 4.5, k).tolist())
     # the heart size changes the lungs' shape, so cardiomegaly goes first
@@ -59,7 +61,7 @@ def sample_case(labels: np.ndarray, difficulty: float, rng: np.random.Generator,
         if not labels[i]:
             continue
         case.difficulty[key] = d
-        case.findings[key] = L.SAMPLERS[key](anat, d, rng)
+        case.findings[key] = SAMPLERS[key](anat, d, rng)
         if key == "cardiomegaly":
             anat.heart_scale *= case.findings[key]["factor"]
     return case
@@ -85,14 +87,14 @@ def render(
     # lung parenchyma: diffuse patterns first, focal lesions on top, fluid last
     for key in ("mosaic_attenuation_pattern", "emphysema", "interlobular_septal_thickening", "lung_opacity"):
         if key in f:
-            getattr(L, f"paint_{key}")(vol, g, anat, f[key])
-    L.paint_airways(vol, g, anat, f.get("peribronchial_thickening"), f.get("bronchiectasis"))
+            PAINTERS[key](vol, g, anat, f[key])
+    paint_airways(vol, g, anat, f.get("peribronchial_thickening"), f.get("bronchiectasis"))
     for key in ("pulmonary_fibrotic_sequela", "consolidation", "lung_nodule", "atelectasis", "pleural_effusion"):
         if key in f:
-            getattr(L, f"paint_{key}")(vol, g, anat, f[key])
+            PAINTERS[key](vol, g, anat, f[key])
     peri = f.get("pericardial_effusion", {}).get("thickness", 0.0)
     anat.paint_mediastinum(vol, g, pericardial_fluid=peri)
-    L.paint_nodes(vol, g, anat, *case.normal_nodes)
+    paint_nodes(vol, g, anat, *case.normal_nodes)
     for key in (
         "lymphadenopathy",
         "hiatal_hernia",
@@ -100,10 +102,10 @@ def render(
         "arterial_wall_calcification",
     ):
         if key in f:
-            getattr(L, f"paint_{key}")(vol, g, anat, f[key])
+            PAINTERS[key](vol, g, anat, f[key])
     anat.paint_bones(vol, g)
     if "medical_material" in f:
-        L.paint_medical_material(vol, g, anat, f["medical_material"])
+        PAINTERS["medical_material"](vol, g, anat, f["medical_material"])
     # reconstruction kernel, calibration drift and quantum noise
     blur_mm = 0.5 + 1.5 * (1.0 - sharpness)
     sigma = [blur_mm / s for s in geom.spacing]
