@@ -79,7 +79,10 @@ class CacheWriter:
                     f"refusing to add volumes made with {preset.name!r} - use another output folder"
                 )
         else:
+            from silverclip.runs import code_version
+
             atomic_write_json(preset_path, preset.to_dict())
+            atomic_write_json(self.root / "version.json", code_version())  # which code made these volumes
 
     def path(self, volume_id: str) -> Path:
         return self.root / VOLUMES_DIR / f"{volume_id}.npy"
