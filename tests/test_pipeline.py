@@ -168,3 +168,16 @@ def test_external_radchestct_stage(tmp_path: Path, shared_data: Path) -> None:
     assert res["protocol"] == "radchestct" and res["n_volumes"] == 6
     assert "Mosaic attenuation pattern" not in res["findings"] and len(res["findings"]) == 16
     assert set(out["retrieval"]["map"]) == {"1", "5", "10", "50"}
+
+
+def test_pipeline_continues_from_and_evaluates_final_weights(tmp_path: Path) -> None:
+    """best/ is chosen on the evaluation split, so the pipeline must use last/ (no label leak into selection)."""
+    run = tmp_path / "run"
+    assert main(["run", str(tiny_config(tmp_path, run)), "--until", "embed"]) == 0
+    pre = json.loads((run / "stages" / "pretrain.json").read_text())["outputs"]["checkpoint"]
+    clip = json.loads((run / "stages" / "clip.json").read_text())["outputs"]["checkpoint"]
+    assert pre == str(run / "pretrain" / "last") and clip == str(run / "clip" / "last")
+    emb_meta = json.loads((run / "embeddings" / "valid" / "meta.json").read_text())
+    assert emb_meta["checkpoint"] == clip
+    clip_cfg = (run / "clip" / "config.yaml").read_text()
+    assert f"init: {pre}" in clip_cfg

@@ -33,6 +33,17 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def final_checkpoint(best: str | Path) -> Path:
+    """The final weights (``last/``) of a training run whose ``best/`` folder is given.
+
+    The pipeline validates on the split it evaluates on, so ``best/`` (chosen by that validation metric)
+    would leak the evaluation labels into model selection; the pipeline therefore always continues from,
+    and evaluates, the final weights. ``best/`` stays available for standalone use.
+    """
+    last = Path(best).parent / "last"
+    return last if (last / "checkpoint.json").is_file() else Path(best)
+
+
 def _reports(manifest: pd.DataFrame) -> dict[str, str]:
     """volume id -> Findings + Impressions (what a labeller reads)."""
     out = {}
@@ -195,7 +206,7 @@ class Pipeline:
         def build() -> dict[str, Any]:
             from silverclip.train import run_pretrain
 
-            return {"checkpoint": str(run_pretrain(cfg))}
+            return {"checkpoint": str(final_checkpoint(run_pretrain(cfg)))}
 
         return (runner or self.runner).run(stage, build, config=cfg)
 
@@ -227,7 +238,7 @@ class Pipeline:
         def build() -> dict[str, Any]:
             from silverclip.train import run_clip
 
-            return {"checkpoint": str(run_clip(cfg))}
+            return {"checkpoint": str(final_checkpoint(run_clip(cfg)))}
 
         return (runner or self.runner).run(stage, build, config=cfg)
 
