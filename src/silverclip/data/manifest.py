@@ -113,21 +113,30 @@ def validate_manifest(df: pd.DataFrame, source: str | Path = "manifest") -> pd.D
     return df[ordered + rest].reset_index(drop=True)
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read and validate a manifest written by :func:`write_manifest` (``.csv`` or ``.parquet``)."""
+def read_table(
+    path: str | Path, text_columns: tuple[str, ...] = _TEXT, float_columns: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """A manifest-like table from ``.csv`` or ``.parquet``: text columns as strings (empty cells stay ``""``,
+    ids keep leading zeros), empty ``float_columns`` cells as NaN. Errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     try:
         if path.suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(
-                path, dtype={c: str for c in _TEXT}, keep_default_na=False, na_values={c: [""] for c in _FLOAT}
-            )
-    except Exception as e:
+            return pd.read_parquet(path)
+        return pd.read_csv(
+            path,
+            dtype={c: str for c in text_columns},
+            keep_default_na=False,
+            na_values={c: [""] for c in float_columns},
+        )
+    except Exception as e:  # pandas raises many types for bad files
         raise ManifestError(f"{path}: cannot read manifest ({type(e).__name__}: {e})") from None
-    return validate_manifest(df, path)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and validate a manifest written by :func:`write_manifest` (``.csv`` or ``.parquet``)."""
+    return validate_manifest(read_table(path, _TEXT, _FLOAT), path)
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:

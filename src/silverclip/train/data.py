@@ -111,16 +111,9 @@ def read_report_manifest(source: str | Path | pd.DataFrame, require: Sequence[st
         if "volume_id" not in df.columns and df.index.name == "volume_id":
             df = df.reset_index()
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: manifest not found")
-        try:
-            if path.suffix == ".parquet":
-                df = pd.read_parquet(path)
-            else:
-                df = pd.read_csv(path, keep_default_na=False, dtype={c: str for c in TEXT_COLUMNS})
-        except Exception as e:  # pandas raises many types for bad files
-            raise ValueError(f"{path}: cannot read manifest ({type(e).__name__}: {e})") from None
+        from silverclip.data.manifest import read_table
+
+        df = read_table(source, tuple(TEXT_COLUMNS))
     for col in ("volume_id", *require):
         if col not in df.columns:
             raise ValueError(f"{name}: manifest has no {col!r} column (columns: {list(df.columns)})")
