@@ -18,6 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", help="pipeline YAML (e.g. configs/ablation.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ablation.seeds=[0,1,2]")
+    p.add_argument(
+        "--force",
+        nargs="*",
+        default=[],
+        metavar="STAGE",
+        help="rerun these completed stages in every arm (e.g. evaluate)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -28,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = load_config(PipelineConfig, args.config, args.overrides)
     command = "silverclip ablate " + " ".join(shlex.quote(a) for a in [args.config, *args.overrides])
-    results = run_ablation(cfg, command=command)
+    results = run_ablation(cfg, command=command, force=tuple(args.force))
     print(f"\nResults: {results['report']}")
     sys.stdout.write(open(results["report"]).read())
     return 0

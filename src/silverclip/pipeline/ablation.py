@@ -115,13 +115,15 @@ def results_markdown(agg: dict[str, Any], label_quality: dict[str, Any], arms: l
     return "\n".join(md) + "\n"
 
 
-def run_ablation(cfg: PipelineConfig, command: str = "silverclip ablate") -> dict[str, Any]:
+def run_ablation(
+    cfg: PipelineConfig, command: str = "silverclip ablate", force: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Run every arm x seed of ``cfg.ablation`` and write ``results.json``/``results.md`` into ``cfg.run_dir``."""
     arms, seeds = list(cfg.ablation.arms), list(cfg.ablation.seeds)
     if "llm" in arms and not cfg.labels.llm.get("base_url"):
         raise ValueError("the llm arm needs labels.llm.base_url (an OpenAI-compatible endpoint)")
     run_dir = prepare_run_dir(cfg.run_dir, cfg)
-    base = Pipeline(cfg)
+    base = Pipeline(cfg, force=force)
     data = base.data()
     if "gold_train" not in data or "gold_valid" not in data:
         raise RuntimeError("the ablation needs gold labels for the training and validation splits")
@@ -135,7 +137,7 @@ def run_ablation(cfg: PipelineConfig, command: str = "silverclip ablate") -> dic
     for seed in seeds:
         for arm in arms:
             arm_dir = run_dir / "arms" / f"{arm}_seed{seed}"
-            runner = StageRunner(arm_dir)
+            runner = StageRunner(arm_dir, force=force)
             seconds = 0.0
             init = None
             if arm != "scratch":

@@ -280,7 +280,8 @@ class Pipeline:
                 outputs[name] = str(out / name)
             return outputs
 
-        return (runner or self.runner).run("embed", build, config=(checkpoint, ecfg))
+        # only what changes the embeddings (not batch size, device, or the metrics' options) is fingerprinted
+        return (runner or self.runner).run("embed", build, config=(checkpoint, ecfg.mode, ecfg.threshold_volumes))
 
     def evaluate(
         self, emb: dict[str, Any], data: dict[str, Any], out: Path, runner: StageRunner | None = None
@@ -451,7 +452,8 @@ def headline_zero_shot(results: dict[str, Any]) -> dict[str, Any]:
 
 def headline_retrieval(results: dict[str, Any]) -> dict[str, Any]:
     """Image-to-image MAP@K and report-to-image / image-to-report Recall@K."""
-    out: dict[str, Any] = {"map": results["image_to_image"]["map"]}
+    i2i = results["image_to_image"]
+    out: dict[str, Any] = {"map": i2i["map"], "map_exclude": i2i.get("exclude")}
     for key in ("report_to_image", "image_to_report"):
         if key in results:
             out[key] = results[key]["recall"]

@@ -19,7 +19,11 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     ci = zs.get("auc_ci")
     ci_txt = f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else ""
     lines = [f"zero-shot mean AUC {_f(zs.get('auc'))}{ci_txt}, F1 {_f(zs.get('f1'))} on {zs.get('n_volumes')} volumes"]
-    lines.append("image-to-image MAP@K " + ", ".join(f"@{k} {_f(v)}" for k, v in rt["map"].items()))
+    excl = rt.get("map_exclude")
+    excl_txt = (
+        f" (excluded from its own results: {excl})" if excl and excl != "none" else " (query may retrieve itself)"
+    )
+    lines.append("image-to-image MAP@K " + ", ".join(f"@{k} {_f(v)}" for k, v in rt["map"].items()) + excl_txt)
     if "report_to_image" in rt:
         lines.append("report-to-image Recall@K " + ", ".join(f"@{k} {_f(v)}" for k, v in rt["report_to_image"].items()))
     q = summary.get("labels", {}).get("quality")
