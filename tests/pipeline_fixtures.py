@@ -35,7 +35,7 @@ def tiny_config(tmp: Path, run_dir: Path, **extra: object) -> Path:
             "data": {"batch_size": 4},
             "train": {**train, "lr": 1e-4},
         },
-        "evaluate": {"threshold_volumes": 6, "n_boot": 20},
+        "evaluate": {"threshold_volumes": 6, "n_boot": 20, "min_positives": 1},
         "ablation": {"arms": ["scratch", "gold", "rules"], "seeds": [0, 1]},
     }
     for key, value in extra.items():

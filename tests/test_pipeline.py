@@ -114,17 +114,19 @@ def test_ablation_table_over_arms_and_seeds(tmp_path: Path, capsys: pytest.Captu
     run = tmp_path / "abl"
     cfg = tiny_config(tmp_path, run)
     assert main(["ablate", str(cfg)]) == 0
+    records = json.loads((run / "ablation.json").read_text())
+    assert {(r["arm"], r["seed"]) for r in records} == {(a, s) for a in ("scratch", "gold", "rules") for s in (0, 1)}
+    for r in records:
+        assert {"zero_shot_auc", "map_at_50", "r2i_recall_at_100", "r2i_gallery", "seconds"} <= set(r)
+        assert (r["pretrain_val_auc"] is None) == (r["arm"] == "scratch")
     results = json.loads((run / "results.json").read_text())
-    assert {(r["arm"], r["seed"]) for r in results["rows"]} == {
-        (a, s) for a in ("scratch", "gold", "rules") for s in (0, 1)
-    }
     agg = results["aggregate"]
     for arm in ("gold", "rules"):
-        diff = agg[arm]["diff_vs_scratch"]["zero-shot AUC"]
+        diff = agg[arm]["diff_vs_scratch"]["zero_shot_auc"]
         paired = [
-            r["metrics"]["zero-shot AUC"] - s["metrics"]["zero-shot AUC"]
-            for r in results["rows"]
-            for s in results["rows"]
+            r["zero_shot_auc"] - s["zero_shot_auc"]
+            for r in records
+            for s in records
             if r["arm"] == arm and s["arm"] == "scratch" and r["seed"] == s["seed"]
         ]
         assert diff["mean"] == pytest.approx(sum(paired) / len(paired))
@@ -132,10 +134,20 @@ def test_ablation_table_over_arms_and_seeds(tmp_path: Path, capsys: pytest.Captu
     clip_cfg = (run / "arms" / "scratch_seed0" / "clip" / "config.yaml").read_text()
     assert "epochs: 4" in clip_cfg
     md = (run / "results.md").read_text()
-    assert "(a) CLIP from scratch" in md and "silver (rules)" in md and "silverclip ablate" in md
+    assert "(a) CLIP from scratch" in md and "| rules |" in md and "silverclip ablate" in md
+    assert (run / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # rerun: everything is complete and reused
     assert main(["ablate", str(cfg)]) == 0
-    assert json.loads((run / "results.json").read_text())["rows"] == results["rows"]
+    assert json.loads((run / "ablation.json").read_text()) == records
+    # the committed copy re-renders into a page, replacing only the marked block
+    page = tmp_path / "results.md"
+    page.write_text(
+        "# Results\n\nhand-written diagnosis\n\n<!-- ablation:begin -->\nOLD-BLOCK\n<!-- ablation:end -->\ntail\n"
+    )
+    assert main(["ablate", "--render", str(run / "ablation.json"), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "hand-written diagnosis" in text and text.endswith("tail\n") and "OLD-BLOCK" not in text
+    assert "(b) pre-trained on gold labels - scratch" in text and (tmp_path / "results.png").is_file()
 
 
 def test_external_radchestct_stage(tmp_path: Path, shared_data: Path) -> None:

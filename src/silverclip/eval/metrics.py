@@ -155,10 +155,15 @@ def per_finding_metrics(
     thresholds: Sequence[float],
     f1_average: F1Average = "binary",
     strict: bool = False,
+    min_positives: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Metrics for each column of ``labels``/``probs`` (both (N, F)) plus a ``"mean"`` row over findings.
 
-    The mean skips findings whose value is undefined (NaN), e.g. AUC of a finding with no positives.
+    A finding is *estimable* when its labels hold at least ``min_positives`` positives and as many
+    negatives (each row carries ``estimable`` 1.0/0.0). The mean is over estimable findings only, and skips
+    values that are undefined (NaN); ``mean["n_findings"]`` says how many findings it averages. An AUC from
+    a handful of positives is mostly noise (its standard error is ~0.1 with 5 positives), so evaluation
+    reports such findings but does not average them (``min_positives=10`` in ``silverclip run``).
     """
     labels = np.asarray(labels, dtype=float)
     probs = np.asarray(probs, dtype=float)
@@ -168,23 +173,36 @@ def per_finding_metrics(
         name: binary_metrics(labels[:, j], probs[:, j], thresholds[j], f1_average, strict)
         for j, name in enumerate(names)
     }
+    for row in out.values():
+        row["estimable"] = float(min(row["n_pos"], row["n"] - row["n_pos"]) >= max(1, min_positives))
     out["mean"] = mean_over_findings(out)
     return out
 
 
-def per_finding_auc(labels: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+def estimable_findings(labels: np.ndarray, min_positives: int = 1) -> np.ndarray:
+    """(F,) bool: columns of ``labels`` (N, F) with at least ``min_positives`` positives and negatives."""
+    labels = np.asarray(labels, dtype=float)
+    pos = (labels == 1).sum(0)
+    neg = (labels == 0).sum(0)
+    return np.minimum(pos, neg) >= max(1, min_positives)
+
+
+def per_finding_auc(
+    labels: np.ndarray, scores: np.ndarray, names: Sequence[str], min_positives: int = 1
+) -> dict[str, float]:
     """AUC of each column of ``labels``/``scores`` (both (N, F)) and ``"mean"`` over the defined ones.
 
     :func:`per_finding_metrics` without thresholds (the training loop's per-epoch validation): entries
     whose label is not 0/1 are left out; a finding with a single class has AUC NaN and is skipped by the mean.
     """
-    m = per_finding_metrics(labels, scores, names, [float("nan")] * len(names))
+    m = per_finding_metrics(labels, scores, names, [float("nan")] * len(names), min_positives=min_positives)
     return {k: v["auc"] for k, v in m.items()}
 
 
 def mean_over_findings(per_finding: dict[str, dict[str, float]]) -> dict[str, float]:
-    rows = [v for k, v in per_finding.items() if k != "mean"]
-    mean: dict[str, float] = {}
+    """Mean of each metric over the findings whose row is estimable (all rows without an ``estimable`` key)."""
+    rows = [v for k, v in per_finding.items() if k != "mean" and v.get("estimable", 1.0)]
+    mean: dict[str, float] = {"n_findings": float(len(rows))}
     for m in METRIC_NAMES:
         vals = np.array([r.get(m, np.nan) for r in rows], dtype=float)
         mean[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")

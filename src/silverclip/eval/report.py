@@ -93,24 +93,43 @@ def zero_shot_markdown(results: dict) -> str:
         f"- intervals: {boot.get('confidence', 0.95):.0%} percentile bootstrap, {boot.get('n_boot', 0)} replicates, "
         f"scans resampled with replacement, seed {boot.get('seed')}",
         "",
-        f"**Mean AUC {_fmt(results['metrics']['mean']['auc'])}{_ci(boot, 'mean/auc')}**, "
+        f"**Mean AUC {_fmt(results['metrics']['mean']['auc'])}{_ci(boot, 'mean/auc')}** over "
+        f"{_n_averaged(results)} findings, "
         f"F1 {_fmt(results['metrics']['mean']['f1'])}, accuracy {_fmt(results['metrics']['mean']['accuracy'])}, "
         f"precision {_fmt(results['metrics']['mean']['precision'])}",
         "",
         "| finding | n+ / n | AUC (95% CI) | F1 | accuracy | precision | threshold |",
         "|---|---|---|---|---|---|---|",
     ]
+    not_estimable = set(results.get("not_estimable") or [])
     for name in [*names, "mean"]:
         m = results["metrics"][name]
         npos = f"{int(m['n_pos'])} / {int(m['n'])}" if "n" in m else ""
+        label = f"{name} (not estimable)" if name in not_estimable else name
         lines.append(
-            f"| {name} | {npos} | {_fmt(m['auc'])}{_ci(boot, f'{name}/auc')} | {_fmt(m['f1'])} | "
+            f"| {label} | {npos} | {_fmt(m['auc'])}{_ci(boot, f'{name}/auc')} | {_fmt(m['f1'])} | "
             f"{_fmt(m['accuracy'])} | {_fmt(m['precision'])} | {_fmt(m.get('threshold'))} |"
         )
+    if not_estimable:
+        lines += [
+            "",
+            f"Not estimable (fewer than {results.get('min_positives')} positive or negative volumes; reported, not "
+            f"averaged): {', '.join(sorted(not_estimable))}.",
+        ]
     lines += ["", "ROC curves: `roc_curves.png`. Per-volume probabilities: `probabilities.csv`.", ""]
     if results.get("warnings"):
         lines += ["## Warnings", "", *[f"- {w}" for w in results["warnings"]], ""]
     return "\n".join(lines)
+
+
+def _n_averaged(results: dict) -> str:
+    n = results["metrics"]["mean"].get("n_findings")
+    total = len(results["findings"])
+    if n is None:
+        return str(total)
+    n = int(n)
+    mp = results.get("min_positives", 1)
+    return f"{n} of {total}" + (f" (>= {mp} positives and negatives)" if mp > 1 else "") if n < total else str(n)
 
 
 def retrieval_markdown(results: dict) -> str:
@@ -140,9 +159,14 @@ def retrieval_markdown(results: dict) -> str:
             f"- queries: {r['n_queries']}; gallery: {r['n_gallery']}; targets matched by id, mode `{r['mode']}` "
             f"({_MODE_TEXT[r['mode']]})",
             "",
-            "| K | Recall@K |",
-            "|---|---|",
-            *[f"| {k} | {_fmt(v, 4)} |" for k, v in r["recall"].items()],
+            "| K | Recall@K | chance (K / gallery) |",
+            "|---|---|---|",
+            *[
+                f"| {k} | {_fmt(v, 4)} | {_fmt(min(1.0, int(k) / max(1, r['n_gallery'])), 4)}"
+                + (" (K is not well below the gallery size: uninformative)" if int(k) * 4 > r["n_gallery"] else "")
+                + " |"
+                for k, v in r["recall"].items()
+            ],
         ]
     ex = results.get("examples", {})
     if ex.get("image_to_image"):

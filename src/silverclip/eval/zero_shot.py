@@ -151,11 +151,15 @@ def zero_shot_probabilities(
     return torch.cat(out).numpy() if out else np.zeros((0, cls.shape[0]), dtype=np.float32)
 
 
-def _statistic(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], thresholds, f1_average, strict):
-    """Per-finding fast metrics on a row subset, flattened to ``{"<finding>/<metric>": value}``."""
+def _statistic(
+    labels: np.ndarray, probs: np.ndarray, names: Sequence[str], thresholds, f1_average, strict, estimable=None
+):
+    """Per-finding fast metrics on a row subset, flattened to ``{"<finding>/<metric>": value}``; the
+    ``mean/<metric>`` entries average the ``estimable`` findings only (fixed on the full set, not per replicate)."""
     from silverclip.eval.metrics import METRIC_NAMES, fast_binary_metrics, valid_mask
 
     valid = valid_mask(labels)
+    estimable = np.ones(len(names), bool) if estimable is None else np.asarray(estimable, bool)
 
     def stat(idx: np.ndarray) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -165,7 +169,8 @@ def _statistic(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], thre
             m = fast_binary_metrics(labels[keep, j].astype(int), probs[keep, j], thresholds[j], f1_average, strict)
             for k, v in m.items():
                 out[f"{name}/{k}"] = v
-                sums[k].append(v)
+                if estimable[j]:
+                    sums[k].append(v)
         for k, vals in sums.items():
             arr = np.asarray(vals, dtype=float)
             out[f"mean/{k}"] = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
@@ -207,6 +212,7 @@ def evaluate_zero_shot(
     seed: int = 0,
     alpha: float = 0.05,
     plots: bool = True,
+    min_positives: int = 1,
 ) -> dict[str, Any]:
     """Zero-shot diagnosis of stored embeddings against labels; writes a report when ``out_dir`` is given.
 
@@ -217,13 +223,15 @@ def evaluate_zero_shot(
         F1) or ``ctclip-compatible`` (CT-CLIP's threshold rule on the test labels themselves,
         ``P > t``, class-weighted F1; ``template_set`` defaults to ``ctclip``).
     Intervals: scan-level percentile bootstrap with ``n_boot`` replicates (thresholds held fixed).
+    min_positives: a finding with fewer positives (or negatives) in the evaluated split is reported but
+        *not estimable*: it is left out of the mean and listed in ``not_estimable``.
     Returns the results dict (also ``zero_shot.json``/``.md``, ``roc_curves.png``, ``probabilities.csv``).
     """
     import pandas as pd
 
     from silverclip.eval.bootstrap import bootstrap
     from silverclip.eval.embeddings import Embeddings, load_embeddings
-    from silverclip.eval.metrics import per_finding_metrics, select_threshold
+    from silverclip.eval.metrics import estimable_findings, per_finding_metrics, select_threshold
     from silverclip.eval.radchestct import read_eval_labels
     from silverclip.eval.retrieval import scan_id
 
@@ -265,9 +273,17 @@ def evaluate_zero_shot(
         thresholds = [0.5] * len(names)
         source = "fixed 0.5 (no validation split given: P(present) > P(absent))"
 
-    metrics = per_finding_metrics(y, probs, names, thresholds, f1_average, strict)
+    metrics = per_finding_metrics(y, probs, names, thresholds, f1_average, strict, min_positives=min_positives)
+    estimable = estimable_findings(y, min_positives)
+    not_estimable = [n for n, e in zip(names, estimable) if not e]
+    if not_estimable:
+        warnings.append(
+            f"{len(not_estimable)} finding(s) have fewer than {min_positives} positive or negative volumes and are "
+            f"not estimable (reported, left out of the mean): {', '.join(not_estimable)}"
+        )
     groups = [scan_id(i) for i in ids]
-    boot = bootstrap(_statistic(y, probs, names, thresholds, f1_average, strict), len(ids), groups, n_boot, seed, alpha)
+    stat = _statistic(y, probs, names, thresholds, f1_average, strict, estimable)
+    boot = bootstrap(stat, len(ids), groups, n_boot, seed, alpha)
     results: dict[str, Any] = {
         "task": "zero-shot",
         "protocol": protocol,
@@ -284,6 +300,8 @@ def evaluate_zero_shot(
         "findings": list(names),
         "n_volumes": len(ids),
         "n_units": boot.n_units,
+        "min_positives": int(min_positives),
+        "not_estimable": not_estimable,
         "metrics": metrics,
         "bootstrap": boot.to_dict(),
         "warnings": warnings,

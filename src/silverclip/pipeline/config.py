@@ -69,6 +69,8 @@ class EvaluateStageConfig:
 
     threshold_volumes: zero-shot thresholds (default mode) are chosen on this many *training* volumes'
         embeddings, never on the evaluated split; 0 = fixed 0.5 thresholds.
+    min_positives: a finding with fewer positive (or negative) volumes in the evaluated split is reported
+        as not estimable and left out of the mean AUC.
     """
 
     mode: Literal["default", "ctclip-compatible"] = "default"
@@ -76,6 +78,7 @@ class EvaluateStageConfig:
     threshold_method: Literal["youden", "f1"] = "youden"
     threshold_volumes: int = 300
     n_boot: int = 200
+    min_positives: int = 10
     recall_mode: Literal["per-volume", "per-scan"] = "per-volume"
     exclude: Literal["none", "self", "scan"] = "none"
     batch_size: int = 4
@@ -100,10 +103,12 @@ class ExternalConfig:
 class AblationConfig:
     """``silverclip ablate``: arms x seeds on the same data.
 
-    arms: any of ``scratch`` (CLIP from scratch), ``gold``, ``rules``, ``llm`` (CLIP initialised from
-        supervised pre-training on those labels). ``llm`` needs ``labels.llm.base_url``.
+    arms: ``scratch`` (CLIP from scratch), ``gold`` (pre-trained on the dataset's labels) and any labeller
+        backend (``rules``, ``keyword``, ``llm``, ``cascade``: CLIP initialised from supervised pre-training on
+        that labeller's silver labels). ``llm``/``cascade`` need ``labels.llm.base_url``.
     equal_budget: the scratch arm's CLIP also gets the pre-training epochs, so every arm trains the
-        image tower for the same number of epochs.
+        image tower for at least as many epochs (and the scratch arm gets more seconds of compute: a CLIP
+        epoch costs more than a pre-training epoch).
     """
 
     arms: list[str] = field(default_factory=lambda: ["scratch", "gold", "rules"])
@@ -111,9 +116,10 @@ class AblationConfig:
     equal_budget: bool = True
 
     def validate(self) -> None:
-        bad = sorted(set(self.arms) - {"scratch", "gold", "rules", "llm"})
+        known = ("scratch", "gold", "rules", "keyword", "llm", "cascade")
+        bad = sorted(set(self.arms) - set(known))
         if bad:
-            raise ConfigError(f"ablation.arms: unknown arm(s) {bad}; use scratch, gold, rules, llm")
+            raise ConfigError(f"ablation.arms: unknown arm(s) {bad}; use {', '.join(known)}")
 
 
 @dataclass

@@ -306,6 +306,7 @@ class Pipeline:
                 threshold_method=ecfg.threshold_method,
                 n_boot=ecfg.n_boot,
                 seed=self.cfg.seed,
+                min_positives=ecfg.min_positives,
             )
             rt = evaluate_retrieval(
                 emb["valid"],
@@ -372,6 +373,7 @@ class Pipeline:
                 protocol="radchestct",
                 n_boot=ecfg.n_boot,
                 seed=self.cfg.seed,
+                min_positives=ecfg.min_positives,
             )
             rt = evaluate_retrieval(out / "embeddings", labels, out / "retrieval", protocol="radchestct")
             return {"zero_shot": headline_zero_shot(zs), "retrieval": headline_retrieval(rt), "dir": str(out)}
@@ -440,13 +442,17 @@ STAGE_ORDER = ("data", "preprocess", "labels", "pretrain", "clip", "embed", "eva
 
 
 def headline_zero_shot(results: dict[str, Any]) -> dict[str, Any]:
-    """Mean AUC/F1/accuracy/precision over findings, with the bootstrap interval of the mean AUC."""
+    """Mean AUC/F1/accuracy/precision over the estimable findings, with the bootstrap interval of the mean AUC,
+    and per-finding AUCs (the not-estimable ones listed apart)."""
     mean = results["metrics"]["mean"]
     out: dict[str, Any] = {k: mean.get(k) for k in ("auc", "f1", "accuracy", "precision")}
     boot = results.get("bootstrap", {})
     if "mean/auc" in boot.get("lower", {}):
         out["auc_ci"] = [boot["lower"]["mean/auc"], boot["upper"]["mean/auc"]]
     out["n_volumes"] = results.get("n_volumes")
+    out["n_findings"] = int(mean.get("n_findings", len(results["findings"])))
+    out["not_estimable"] = list(results.get("not_estimable") or [])
+    out["per_finding_auc"] = {n: results["metrics"][n]["auc"] for n in results["findings"]}
     return out
 
 
@@ -454,7 +460,9 @@ def headline_retrieval(results: dict[str, Any]) -> dict[str, Any]:
     """Image-to-image MAP@K and report-to-image / image-to-report Recall@K."""
     i2i = results["image_to_image"]
     out: dict[str, Any] = {"map": i2i["map"], "map_exclude": i2i.get("exclude")}
+    out["map_gallery"] = i2i.get("n_gallery")
     for key in ("report_to_image", "image_to_report"):
         if key in results:
             out[key] = results[key]["recall"]
+            out[f"{key}_gallery"] = results[key]["n_gallery"]
     return out

@@ -18,14 +18,29 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     zs, rt = ev["zero_shot"], ev["retrieval"]
     ci = zs.get("auc_ci")
     ci_txt = f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else ""
-    lines = [f"zero-shot mean AUC {_f(zs.get('auc'))}{ci_txt}, F1 {_f(zs.get('f1'))} on {zs.get('n_volumes')} volumes"]
+    n_f = zs.get("n_findings")
+    over = f" over {n_f} estimable findings" if n_f is not None else ""
+    lines = [
+        f"zero-shot mean AUC {_f(zs.get('auc'))}{ci_txt}{over}, F1 {_f(zs.get('f1'))} on {zs.get('n_volumes')} volumes"
+    ]
+    if zs.get("not_estimable"):
+        lines.append("not estimable (too few positives, not averaged): " + ", ".join(zs["not_estimable"]))
     excl = rt.get("map_exclude")
     excl_txt = (
         f" (excluded from its own results: {excl})" if excl and excl != "none" else " (query may retrieve itself)"
     )
-    lines.append("image-to-image MAP@K " + ", ".join(f"@{k} {_f(v)}" for k, v in rt["map"].items()) + excl_txt)
+    gal = f" (gallery {rt['map_gallery']} volumes)" if rt.get("map_gallery") else ""
+    lines.append("image-to-image MAP@K " + ", ".join(f"@{k} {_f(v)}" for k, v in rt["map"].items()) + gal + excl_txt)
     if "report_to_image" in rt:
-        lines.append("report-to-image Recall@K " + ", ".join(f"@{k} {_f(v)}" for k, v in rt["report_to_image"].items()))
+        n_gal = rt.get("report_to_image_gallery")
+        lines.append(
+            "report-to-image Recall@K "
+            + ", ".join(
+                f"@{k} {_f(v)}" + (f" (chance {min(1.0, int(k) / n_gal):.3f})" if n_gal else "")
+                for k, v in rt["report_to_image"].items()
+            )
+            + (f", gallery {n_gal} volumes" if n_gal else "")
+        )
     q = summary.get("labels", {}).get("quality")
     if q:
         lines.append(
