@@ -81,10 +81,10 @@ def test_preprocess_volume_window_shape_and_pad():
     vol = Volume(arr, (6.0, 6.0, 6.0), np.diag([6.0, 6.0, 6.0, 1.0]), "mem")
     out = preprocess_volume(vol, DEMO)
     assert out.shape == DEMO.shape and out.dtype == np.int16
-    assert out.min() == -1000 and out.max() == 200  # clipped to the window (pad -1000 is inside it)
+    assert out.min() == DEMO.window[0] and out.max() == DEMO.window[1]  # clipped to the window (pad -1000 inside)
     assert (out[:12] == -1000).all()  # 40 voxels centred in 64: 12 of padding each side
     np.testing.assert_array_equal(out[12:52, 12:52, 14:24], -1000)
-    np.testing.assert_array_equal(out[12:52, 12:52, 24:34], 200)
+    np.testing.assert_array_equal(out[12:52, 12:52, 24:34], DEMO.window[1])
     normed = DEMO.normalize(out)
     assert normed.min() == -1.0 and normed.max() == 1.0
 
