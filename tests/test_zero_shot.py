@@ -163,3 +163,56 @@ def test_mismatched_ids_are_a_clear_error(tmp_path, ctrate_valid, classifier):
     emb.image_ids = [f"other_{i}" for i in range(10)]
     with pytest.raises(ValueError, match="ids of embeddings and labels"):
         evaluate_zero_shot(emb, ctrate_valid.iloc[:10], n_boot=5)
+
+
+def test_phrase_templates_expand_per_finding_and_average():
+    """``{phrases}`` gives one pair per clinical phrase of the finding (findings.yaml); the classifier averages
+    a different number of pairs per finding, each prompt encoded once."""
+    from silverclip.findings import load_findings
+
+    templates = load_templates("ctrate")
+    phrases = {f.name: f.phrases for f in load_findings()}
+    opacity = prompt_pairs("Lung opacity", templates)
+    assert len(opacity) == len(phrases["Lung opacity"]) > 1
+    assert ("Ground glass opacity was observed.", "No ground glass opacity was detected.") in opacity
+    assert prompt_pairs("pneumothorax", templates) == [("Pneumothorax was observed.", "No pneumothorax was detected.")]
+    model = StubCLIP()
+    names = ["Lung opacity", "Hiatal hernia", "pneumothorax"]
+    cls = build_zero_shot_classifier(model, names, templates)
+    assert cls.shape == (3, 2, E)
+    assert len(model.encoded) == len(set(model.encoded))  # each prompt encoded once
+    for i, name in enumerate(names):
+        pairs = prompt_pairs(name, templates)
+        pos = torch.stack([model.encode_text(model.tokenize([p])) for p, _ in pairs]).mean(0)[0]
+        expected = torch.nn.functional.normalize(pos, dim=0) if len(pairs) > 1 else pos
+        torch.testing.assert_close(cls[i, 0], expected)
+
+
+def test_findings_with_few_positives_are_not_estimable_and_not_averaged(tmp_path):
+    """A finding with fewer than ``min_positives`` positives is reported but left out of the mean (and of the
+    bootstrap mean); the mean equals the naive mean over the estimable findings."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n = 120
+    ids = [f"valid_{i}_a_1" for i in range(n)]
+    labels = pd.DataFrame(rng.integers(0, 2, size=(n, len(FINDINGS))), index=ids, columns=list(FINDINGS))
+    labels["Hiatal hernia"] = 0
+    labels.iloc[:3, labels.columns.get_loc("Hiatal hernia")] = 1  # 3 positives
+    classifier = torch.nn.functional.normalize(torch.randn(len(FINDINGS), 2, E), dim=-1)
+    image = torch.nn.functional.normalize(torch.randn(n, E), dim=-1).numpy()
+    save_embeddings(
+        tmp_path / "emb", Embeddings(image=image, image_ids=ids, classifiers={"ctclip": classifier.numpy()})
+    )
+    res = evaluate_zero_shot(tmp_path / "emb", labels, template_set="ctclip", n_boot=50, min_positives=10)
+    assert res["not_estimable"] == ["Hiatal hernia"]
+    assert res["metrics"]["Hiatal hernia"]["estimable"] == 0.0 and np.isfinite(res["metrics"]["Hiatal hernia"]["auc"])
+    probs = zero_shot_probabilities(image, classifier, 1.0)
+    naive = [roc_auc_score(labels[f], probs[:, j]) for j, f in enumerate(FINDINGS) if f != "Hiatal hernia"]
+    assert res["metrics"]["mean"]["auc"] == pytest.approx(np.mean(naive))
+    assert res["metrics"]["mean"]["n_findings"] == len(FINDINGS) - 1
+    lo, hi = res["bootstrap"]["lower"]["mean/auc"], res["bootstrap"]["upper"]["mean/auc"]
+    assert lo <= res["metrics"]["mean"]["auc"] <= hi
+    # without the rule every finding is averaged
+    res1 = evaluate_zero_shot(tmp_path / "emb", labels, template_set="ctclip", n_boot=10)
+    assert res1["not_estimable"] == [] and res1["metrics"]["mean"]["n_findings"] == len(FINDINGS)

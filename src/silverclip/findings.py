@@ -20,6 +20,7 @@ class Finding:
     prompt: str
     definition: str
     synonyms: tuple[str, ...] = field(default_factory=tuple)
+    phrases: tuple[str, ...] = field(default_factory=tuple)
 
 
 @lru_cache(maxsize=1)
@@ -35,6 +36,7 @@ def load_findings() -> tuple[Finding, ...]:
                 prompt=item.get("prompt", item["name"].lower()),
                 definition=item.get("definition", ""),
                 synonyms=tuple(item.get("synonyms", [])),
+                phrases=tuple(item.get("phrases") or [item.get("prompt", item["name"].lower())]),
             )
         )
     names = [f.name for f in out]

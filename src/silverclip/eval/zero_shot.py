@@ -66,12 +66,27 @@ def load_templates(name_or_path: str | Path | None = None) -> list[PromptPair]:
     return out
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def prompt_pairs(finding: str, templates: Sequence[PromptPair]) -> list[PromptPair]:
-    """Fill the templates for one finding (a CT-RATE name, or any free-text finding)."""
-    phrase = {f.name: f.prompt for f in load_findings()}.get(finding, finding)
-    return [
-        (pos.format(name=finding, phrase=phrase), neg.format(name=finding, phrase=phrase)) for pos, neg in templates
-    ]
+    """Fill the templates for one finding (a CT-RATE name, or any free-text finding).
+
+    ``{name}`` is the CT-RATE name, ``{phrase}`` its prompt phrase; a template with ``{phrases}`` (or
+    ``{Phrases}``, capitalised) gives one pair per phrase of the finding's ``phrases`` (findings.yaml). A
+    free-text finding is its own name, phrase and only phrase.
+    """
+    known = {f.name: f for f in load_findings()}.get(finding)
+    phrase = known.prompt if known else finding
+    phrases = list(known.phrases) if known else [finding]
+    out = []
+    for pos, neg in templates:
+        expand = any(k in pos + neg for k in ("{phrases}", "{Phrases}"))
+        for ph in phrases if expand else [phrase]:
+            kw = {"name": finding, "phrase": phrase, "Phrase": _capital(phrase), "phrases": ph, "Phrases": _capital(ph)}
+            out.append((pos.format(**kw), neg.format(**kw)))
+    return out
 
 
 def logit_scale_of(model: torch.nn.Module) -> float:
@@ -118,19 +133,18 @@ def build_zero_shot_classifier(
     """
     if templates is None or isinstance(templates, str):
         templates = load_templates(templates)
-    texts = []
-    for f in findings:
-        for pos, neg in prompt_pairs(f, templates):
-            texts += [pos, neg]
-    unique = list(dict.fromkeys(texts))  # identical prompts are encoded once
+    pairs = {f: prompt_pairs(f, templates) for f in findings}  # the number of pairs may differ per finding
+    unique = list(dict.fromkeys(t for ps in pairs.values() for pair in ps for t in pair))  # each encoded once
     emb = encode_texts(model, unique, batch_size, device)
     lookup = {t: emb[i] for i, t in enumerate(unique)}
-    t = len(templates)
-    stacked = torch.stack([lookup[x] for x in texts]).view(len(findings), t, 2, -1)
     norms = emb.norm(dim=-1)
     normalized = bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-3))
-    mean = stacked.mean(1)
-    return torch.nn.functional.normalize(mean, dim=-1) if normalized and t > 1 else mean
+    rows = []
+    for f in findings:
+        side = torch.stack([torch.stack([lookup[pos], lookup[neg]]) for pos, neg in pairs[f]])  # (T_f, 2, E)
+        mean = side.mean(0)
+        rows.append(torch.nn.functional.normalize(mean, dim=-1) if normalized and len(side) > 1 else mean)
+    return torch.stack(rows)
 
 
 def zero_shot_probabilities(

@@ -58,6 +58,8 @@ def run_ablation(
         if arm not in ("scratch", "gold"):
             labels[arm] = base.labels(data, backend=arm)
     pre_epochs = int(cfg.pretrain.get("train", {}).get("epochs", 10))
+    if cfg.ablation.scratch_extra_epochs is not None:
+        pre_epochs = int(cfg.ablation.scratch_extra_epochs)
     records = []
     for seed in seeds:
         for arm in arms:
