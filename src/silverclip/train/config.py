@@ -144,6 +144,10 @@ class ClipConfig:
     val_labels: labels CSV for zero-shot AUC when the manifest has no finding columns.
     zero_shot_templates: template set (``resources/prompts.yaml``) of the validation's zero-shot AUC;
         null = the file's default, as ``silverclip evaluate``.
+    sentence_keep: train on a random subset of each report's sentences, each kept with this probability
+        (at least one; a new subset every epoch); 1.0 = the whole report (the paper). Zero-shot prompts are
+        single sentences: training on sentence subsets aligns them with the reports (docs/results.md) and
+        shortens what the text tower reads.
     """
 
     out: Path
@@ -159,8 +163,13 @@ class ClipConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     retrieval_ks: list[int] = field(default_factory=lambda: [5, 10, 50, 100])
     zero_shot_templates: str | None = None
+    sentence_keep: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
     train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+
+    def validate(self) -> None:
+        if not 0.0 < self.sentence_keep <= 1.0:
+            raise ConfigError(f"sentence_keep must be in (0, 1], got {self.sentence_keep}")
 
 
 def split_cli_args(items: list[str]) -> tuple[Path | None, list[str]]:

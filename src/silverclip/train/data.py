@@ -234,7 +234,11 @@ class LabeledVolumeDataset(VolumeDataset):
 
 
 class ReportVolumeDataset(VolumeDataset):
-    """(volume, report text) pairs; ``labels`` (optional, (N, 18) in {1, 0, -1, nan}) for zero-shot AUC."""
+    """(volume, report text) pairs; ``labels`` (optional, (N, 18) in {1, 0, -1, nan}) for zero-shot AUC.
+
+    ``sentence_keep`` < 1 (training only): each item's text is a random subset of its report's sentences
+    (:func:`silverclip.data.text_augment.sample_sentences`), drawn from the item's ``(seed, epoch, index)``.
+    """
 
     def __init__(
         self,
@@ -243,6 +247,7 @@ class ReportVolumeDataset(VolumeDataset):
         texts: Sequence[str],
         train: bool,
         labels: np.ndarray | None = None,
+        sentence_keep: float = 1.0,
         **kw,
     ):
         super().__init__(cache, ids, train, **kw)
@@ -250,10 +255,21 @@ class ReportVolumeDataset(VolumeDataset):
             raise ValueError("texts and ids differ in length")
         self.texts = list(texts)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+        self.sentence_keep = float(sentence_keep)
+
+    def text(self, index: int, epoch: int = 0) -> str:
+        if not self.train or self.sentence_keep >= 1.0:
+            return self.texts[index]
+        from silverclip.data.text_augment import sample_sentences
+
+        # its own stream (not the crop's generator), so that crops do not change with the option
+        return sample_sentences(
+            self.texts[index], self.sentence_keep, np.random.default_rng([self.seed, epoch, index, 1])
+        )
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, epoch = self._unpack(key)
-        item = {"image": self.load_image(index, epoch), "id": self.ids[index], "text": self.texts[index]}
+        item = {"image": self.load_image(index, epoch), "id": self.ids[index], "text": self.text(index, epoch)}
         if self.labels is not None:
             item["labels"] = torch.tensor(self.labels[index])
         return item

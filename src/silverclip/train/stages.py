@@ -150,7 +150,7 @@ def clip_datasets(cfg: ClipConfig) -> tuple[ReportVolumeDataset, ReportVolumeDat
         val_manifest = manifest.loc[val_ids]
         manifest = manifest.loc[train_ids]
         ids, texts = _pairs(manifest, cache, str(cfg.manifest), cfg.include_impressions)
-    train = ReportVolumeDataset(cache, ids, texts, train=True, **kw)
+    train = ReportVolumeDataset(cache, ids, texts, train=True, sentence_keep=cfg.sentence_keep, **kw)
     val = None
     if val_manifest is not None:
         v_ids, v_texts = _pairs(val_manifest, val_cache, str(cfg.val_manifest or cfg.manifest), cfg.include_impressions)
