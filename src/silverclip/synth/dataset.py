@@ -321,8 +321,12 @@ def make_synthetic_ctrate(out_dir: str | Path, config: SynthConfig | None = None
     bar = tqdm(total=len(args), desc="synth", unit="vol", disable=not progress)
     if cfg.workers > 1:
         import multiprocessing as mp
+        import os
 
-        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+        from silverclip.workers import init_worker
+
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(cfg.workers, initializer=init_worker, initargs=(os.getpid(), None)) as pool:
             for name, err in pool.imap_unordered(_write_job, args, chunksize=2):
                 if err:
                     failures.add(name, out / "dataset", err)
