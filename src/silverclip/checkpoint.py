@@ -176,9 +176,11 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> 
     """
     from safetensors.torch import load_file
 
+    from silverclip.device import resolve_device
     from silverclip.models import create_model
     from silverclip.models.hf_files import only_files_under
 
+    map_location = resolve_device(map_location)  # --device cuda on a CPU machine: one clear error, first
     folder = Path(folder)
     meta = read_checkpoint_meta(folder)
     cfg = offline_model_config(meta["model_config"], meta.get("text_files") or {}, folder)

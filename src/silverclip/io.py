@@ -7,8 +7,11 @@ file in the destination folder and renamed into place (``os.replace`` is atomic 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -31,10 +34,41 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and _is_short_write(e):
+            raise OSError(e.errno or errno.ENOSPC, _short_write_message(path, e)) from e
         raise
+
+
+# numpy's message for a short fwrite (``tofile``/``np.save`` on a full disk): "196608 requested and 14272 written"
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+
+
+def _is_short_write(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or bool(_SHORT_WRITE.search(str(e)))
+
+
+def _short_write_message(path: Path, e: OSError) -> str:
+    """``<path>: not written ...: the disk is full (N MB free in <folder>)``, or why else the write stopped."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    m = _SHORT_WRITE.search(str(e))
+    detail = f" after {int(m.group(2)):,} of {int(m.group(1)):,} bytes" if m else ""
+    where = f"{free / 1e6:,.0f} MB free in {path.parent}" if free is not None else str(path.parent)
+    missing = int(m.group(1)) - int(m.group(2)) if m else 0
+    if e.errno == errno.EFBIG:
+        reason = "the file is larger than this process (ulimit -f) or the file system may write"
+    elif e.errno == errno.EDQUOT:
+        reason = f"the disk quota is exhausted ({where})"
+    elif e.errno == errno.ENOSPC or (free is not None and free < max(missing, 2**20)):
+        reason = f"the disk is full ({where})"
+    else:
+        reason = f"the file system refused the rest: disk full, quota or file-size limit ({where})"
+    return f"{path}: not written, the write stopped{detail}: {reason}; make room and rerun to resume"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

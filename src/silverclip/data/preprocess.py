@@ -15,6 +15,7 @@ volume that fails (file + reason) while the others go on.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -31,8 +32,8 @@ import pandas as pd
 
 from silverclip.data.cache import FAILURES_FILE, CacheWriter
 from silverclip.data.presets import Preset, load_preset
-from silverclip.data.readers import Volume, load_volume
-from silverclip.data.resample import center_crop_pad, resample
+from silverclip.data.readers import Volume, VolumeReadError, load_volume
+from silverclip.data.resample import center_crop_pad, output_shape, resample
 from silverclip.io import FailureLog
 from silverclip.workers import init_worker
 
@@ -41,11 +42,48 @@ log = logging.getLogger(__name__)
 INDEX_FLUSH_SECONDS = 30.0
 
 
+#: Voxel spacings (mm) outside this range are not a CT's: micrometres read as mm, or a broken header.
+SPACING_RANGE_MM = (0.05, 20.0)
+#: Most float32 voxels resampling may hold before the crop (2**28: 1 GiB); a larger one is refused, not allocated.
+MAX_RESAMPLED_VOXELS = 2**28
+
+
+def check_geometry(volume: Volume, preset: Preset) -> None:
+    """Refuse, naming the file, a volume whose spacing or resampled size is absurd, before anything is allocated."""
+    shape, spacing, target = volume.shape, tuple(float(s) for s in volume.spacing), preset.spacing
+    lo, hi = SPACING_RANGE_MM
+    mm = "x".join(f"{s:g}" for s in spacing)
+    if not all(np.isfinite(s) and lo <= s <= hi for s in spacing):
+        raise VolumeReadError(
+            f"{volume.source}: voxel spacing {mm} mm is outside the range of CT scans ({lo:g}-{hi:g} mm): "
+            "a header in micrometres, or a wrong one; fix the file's voxel size"
+        )
+    size = "x".join(str(n) for n in shape)
+    if any(n * s / t < 1 for n, s, t in zip(shape, spacing, target)):
+        raise VolumeReadError(
+            f"{volume.source}: {size} voxels of {mm} mm are smaller than one "
+            f"{'x'.join(f'{t:g}' for t in target)} mm voxel of preset {preset.name!r} along an axis: not a CT volume"
+        )
+    out = output_shape(shape, spacing, target)
+    # resample() first gathers the output slices along one axis at the input's size on the other two
+    peak = max(math.prod(out), *(o * math.prod(shape) // n for o, n in zip(out, shape)))
+    if peak > MAX_RESAMPLED_VOXELS:
+        raise VolumeReadError(
+            f"{volume.source}: resampling {size} voxels of {mm} mm to {'x'.join(f'{t:g}' for t in target)} mm "
+            f"would hold {peak * 4 / 2**30:.1f} GiB (to {'x'.join(map(str, out))} voxels) before the crop to "
+            f"{'x'.join(map(str, preset.shape))}; the limit is {MAX_RESAMPLED_VOXELS * 4 / 2**30:g} GiB"
+        )
+
+
 def preprocess_volume(volume: Volume, preset: Preset | str) -> np.ndarray:
-    """A canonical Volume -> int16 HU array of shape ``preset.shape`` (x, y, z), clipped to ``preset.window``."""
+    """A canonical Volume -> int16 HU array of shape ``preset.shape`` (x, y, z), clipped to ``preset.window``.
+
+    Raises :class:`~silverclip.data.readers.VolumeReadError` for an absurd geometry (:func:`check_geometry`).
+    """
     import torch
 
     preset = load_preset(preset)
+    check_geometry(volume, preset)
     lo, hi = preset.window
     with torch.no_grad():
         t = resample(volume.array, volume.spacing, preset.spacing)
