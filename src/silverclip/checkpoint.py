@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from silverclip.io import atomic_open, atomic_write_json
+from silverclip.io import apply_umask, atomic_open, atomic_write_json
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -112,6 +112,7 @@ def save_checkpoint(
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        apply_umask(tmp / WEIGHTS_FILE)  # safetensors writes 0600 whatever the umask
         _fsync(tmp / WEIGHTS_FILE)
         text_files = {}
         for name, module in model.named_modules():
