@@ -93,8 +93,8 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
     parent = path.parent
     if not parent.exists():
         raise FileNotFoundError(
-            f"{path}: the folder {parent} does not exist; create it first (silverclip does not create "
-            f"folders for an {what})"
+            f"{path}: the folder {parent} does not exist; create it first (silverclip creates no folder "
+            f"for the {what} you name)"
         )
     if not parent.is_dir():
         raise NotADirectoryError(f"{path}: {parent} is not a folder")
