@@ -38,6 +38,7 @@ def reports(shared_data, tmp_path):
 def test_extract_evaluate_compare(reports, tmp_path, capsys) -> None:
     rpath, gold_path = reports
     out = tmp_path / "out" / "rules.csv"
+    out.parent.mkdir()  # an output file goes into an existing folder (silverclip.io.check_output_file)
     assert main(["labels", "extract", "--reports", str(rpath), "--out", str(out), "--no-progress"]) == 0
     labels = pd.read_csv(out)
     assert list(labels.columns) == ["VolumeName", *FINDINGS]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from silverclip.io import atomic_open, atomic_write_json
+from silverclip.io import apply_umask, atomic_open, atomic_write_json
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -112,6 +112,7 @@ def save_checkpoint(
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        apply_umask(tmp / WEIGHTS_FILE)  # safetensors writes 0600 whatever the umask
         _fsync(tmp / WEIGHTS_FILE)
         text_files = {}
         for name, module in model.named_modules():
@@ -167,15 +168,25 @@ def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
 
 
 def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved in ``folder`` (in eval mode, on ``map_location``) and return ``(model, meta)``."""
+    """Rebuild the model saved in ``folder`` (in eval mode, on ``map_location``) and return ``(model, meta)``.
+
+    As safe as opening a safetensors file, whatever ``checkpoint.json`` says: the text towers are read
+    from the folder's own ``text/`` files (no hub, no path outside the folder, links resolved), no
+    repository code is run (``trust_remote_code`` and custom tokenizer/model classes are refused or
+    ignored), external image weights are not reloaded, and nothing is unpickled.
+    """
     from safetensors.torch import load_file
 
+    from silverclip.device import resolve_device
     from silverclip.models import create_model
+    from silverclip.models.hf_files import only_files_under
 
+    map_location = resolve_device(map_location)  # --device cuda on a CPU machine: one clear error, first
     folder = Path(folder)
     meta = read_checkpoint_meta(folder)
-    cfg = offline_model_config(meta["model_config"], meta.get("text_files", {}), folder)
-    model = create_model(**cfg)
+    cfg = offline_model_config(meta["model_config"], meta.get("text_files") or {}, folder)
+    with only_files_under(folder):
+        model = create_model(**cfg)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{folder}: checkpoint has no {WEIGHTS_FILE}")
@@ -189,24 +200,53 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> 
     return model, meta
 
 
+TEXT_MODEL_NAMES = ("hf_text",)
+CLIP_MODEL_NAMES = ("clip", "clip_authors")
+
+
 def offline_model_config(
     cfg: dict[str, Any], text_files: dict[str, str], folder: Path, path: str = ""
 ) -> dict[str, Any]:
     """``model_config`` rewritten to rebuild from ``folder``: text towers read the saved config and
-    tokenizer without pretrained weights; external image weights are not reloaded (the checkpoint has them)."""
+    tokenizer without pretrained weights; external image weights are not reloaded (the checkpoint has them).
+
+    Every text tower must have its files in the folder (``text_files``); its other options (hub ids,
+    tokenizer paths, ``trust_remote_code``, a random-init ``config``) are dropped.
+    """
+    meta_path = folder / META_FILE
+    if not isinstance(cfg, dict) or not isinstance(text_files, dict):
+        raise ValueError(f"{meta_path}: model_config and text_files must be JSON objects")
     cfg = dict(cfg)
     cfg.pop("weights", None)
     cfg.pop("weights_source", None)
-    if path in text_files:
+    if path in text_files or cfg.get("name") in TEXT_MODEL_NAMES:
+        rel = text_files.get(path)
+        if not isinstance(rel, str):
+            raise ValueError(
+                f"{meta_path}: the text tower {path or 'model'!r} has no files in the checkpoint (text_files); "
+                "a checkpoint is rebuilt from its own folder only, never from a hub or another folder"
+            )
         kept = {k: cfg[k] for k in ("name", "max_length") if k in cfg}
-        return {**kept, "name_or_path": str(folder / text_files[path]), "pretrained": False}
+        return {**kept, "name_or_path": _inside_checkpoint(folder, rel), "pretrained": False}
+    is_clip = cfg.get("name") in CLIP_MODEL_NAMES
     for key, module in (("image", "image_tower"), ("text", "text_tower")):
         sub = f"{path}.{module}" if path else module
-        if sub in text_files and not isinstance(cfg.get(key), dict):
+        if (sub in text_files or (is_clip and key == "text")) and not isinstance(cfg.get(key), dict):
             cfg[key] = {}
         if isinstance(cfg.get(key), dict):
-            cfg[key] = offline_model_config(cfg[key], text_files, folder, sub)
+            child = dict(cfg[key])
+            if is_clip and key == "text":
+                child.setdefault("name", "hf_text")  # CLIP's text tower is an hf_text unless named otherwise
+            cfg[key] = offline_model_config(child, text_files, folder, sub)
     return cfg
+
+
+def _inside_checkpoint(folder: Path, rel: str) -> str:
+    root = folder.resolve()
+    target = (root / rel).resolve()
+    if Path(rel).is_absolute() or not target.is_relative_to(root):
+        raise ValueError(f"{folder / META_FILE}: text files {rel!r} lie outside the checkpoint folder")
+    return str(target)
 
 
 def _preset_dict(preset: Any) -> dict[str, Any] | None:

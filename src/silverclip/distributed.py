@@ -52,9 +52,9 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None or device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    from silverclip.device import resolve_device
+
+    dev = resolve_device(device, local_rank)  # a device that is not there: one clear error
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():

@@ -1,5 +1,5 @@
 import sys
 
-from silverclip.cli import main
+from silverclip.cli import entry_point
 
-sys.exit(main())
+sys.exit(entry_point())

@@ -55,8 +55,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from silverclip.data.manifest import write_manifest
-    from silverclip.io import FailureLog
+    from silverclip.io import FailureLog, check_output_file
 
+    check_output_file(args.out, "output manifest")
     skipped = FailureLog("ingest")
     if args.dataset == "ctrate":
         from silverclip.data.ctrate import ingest_ctrate

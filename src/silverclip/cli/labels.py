@@ -72,10 +72,12 @@ def _columns(arg: str | None) -> list[str] | None:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from silverclip.io import check_output_file
     from silverclip.labels.compare import evidence_path, probabilities_path, write_evidence
     from silverclip.labels.reports_io import read_reports
     from silverclip.labels.table import write_labels
 
+    check_output_file(args.out, "labels file")
     reports = read_reports(args.reports, args.id_column, _columns(args.text_columns))
     if args.limit is not None:
         reports = dict(list(reports.items())[: args.limit])
@@ -144,11 +146,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from silverclip.io import atomic_to_csv, atomic_write_text
+    from silverclip.io import atomic_to_csv, atomic_write_text, check_output_file
     from silverclip.labels.compare import disagreements, disagreements_markdown, evidence_path, read_evidence
     from silverclip.labels.reports_io import read_reports
     from silverclip.labels.table import read_labels
 
+    if args.out is not None:
+        check_output_file(args.out.with_name(args.out.name + ".md"), "output prefix")
     a, b = read_labels(args.a), read_labels(args.b)
     ev_a = read_evidence(evidence_path(args.a)) if evidence_path(args.a).exists() else None
     ev_b = read_evidence(evidence_path(args.b)) if evidence_path(args.b).exists() else None

@@ -25,8 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from silverclip.inference import load
-    from silverclip.io import FailureLog, atomic_write_json
+    from silverclip.io import FailureLog, atomic_write_json, check_output_file
 
+    if args.out:
+        check_output_file(args.out)  # before the work, not after it
     model = load(args.checkpoint, device=args.device, template_set=args.templates)
     failures = FailureLog("predict")
     results = []

@@ -23,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from silverclip.eval.embeddings import load_embeddings
     from silverclip.inference import load
-    from silverclip.io import atomic_write_json
+    from silverclip.io import atomic_write_json, check_output_file
 
+    if args.out:
+        check_output_file(args.out)
     index = load_embeddings(args.index)
     checkpoint = args.checkpoint or index.meta.get("checkpoint")
     if not checkpoint:

@@ -16,6 +16,7 @@ a random crop then reads only the bytes it touches.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,37 @@ class CacheWriter:
         path = self.path(volume_id)
         atomic_save_npy(path, array)
         return path
+
+    def indexed_ids(self) -> set[str]:
+        """Ids that have a row in ``index.csv``."""
+        import pandas as pd
+
+        path = self.root / INDEX_FILE
+        if not path.is_file():
+            return set()
+        return set(pd.read_csv(path, dtype={"volume_id": str}, usecols=["volume_id"])["volume_id"])
+
+    def remove_stale_temporaries(self, volume_ids: Iterable[str], max_age_s: float = 3600.0) -> int:
+        """Delete temporary files left by interrupted writes; returns how many.
+
+        Those of ``volume_ids`` (the caller's own volumes, which no other process writes) go whatever their
+        age; any other (another shard's, the index's) only when untouched for ``max_age_s``.
+        """
+        import time
+
+        own = {f".{v}.npy." for v in volume_ids}
+        now, removed = time.time(), 0
+        for folder in (self.root / VOLUMES_DIR, self.root):
+            for tmp in folder.glob(".*.tmp"):
+                name = tmp.name
+                mine = folder.name == VOLUMES_DIR and name[: name.rfind(".npy.") + 5] in own
+                try:
+                    if mine or now - tmp.stat().st_mtime > max_age_s:
+                        tmp.unlink()
+                        removed += 1
+                except FileNotFoundError:  # removed by another process meanwhile
+                    pass
+        return removed
 
     def update_index(self, rows: list[dict]) -> None:
         """Merge ``rows`` (dicts with at least ``volume_id``) into ``index.csv``; keep only volumes present on disk."""

@@ -15,6 +15,7 @@ volume that fails (file + reason) while the others go on.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -31,18 +32,58 @@ import pandas as pd
 
 from silverclip.data.cache import FAILURES_FILE, CacheWriter
 from silverclip.data.presets import Preset, load_preset
-from silverclip.data.readers import Volume, load_volume
-from silverclip.data.resample import center_crop_pad, resample
+from silverclip.data.readers import Volume, VolumeReadError, load_volume
+from silverclip.data.resample import center_crop_pad, output_shape, resample
 from silverclip.io import FailureLog
+from silverclip.workers import init_worker
 
 log = logging.getLogger(__name__)
 
+INDEX_FLUSH_SECONDS = 30.0
+
+
+#: Voxel spacings (mm) outside this range are not a CT's: micrometres read as mm, or a broken header.
+SPACING_RANGE_MM = (0.05, 20.0)
+#: Most float32 voxels resampling may hold before the crop (2**28: 1 GiB); a larger one is refused, not allocated.
+MAX_RESAMPLED_VOXELS = 2**28
+
+
+def check_geometry(volume: Volume, preset: Preset) -> None:
+    """Refuse, naming the file, a volume whose spacing or resampled size is absurd, before anything is allocated."""
+    shape, spacing, target = volume.shape, tuple(float(s) for s in volume.spacing), preset.spacing
+    lo, hi = SPACING_RANGE_MM
+    mm = "x".join(f"{s:g}" for s in spacing)
+    if not all(np.isfinite(s) and lo <= s <= hi for s in spacing):
+        raise VolumeReadError(
+            f"{volume.source}: voxel spacing {mm} mm is outside the range of CT scans ({lo:g}-{hi:g} mm): "
+            "a header in micrometres, or a wrong one; fix the file's voxel size"
+        )
+    size = "x".join(str(n) for n in shape)
+    if any(n * s / t < 1 for n, s, t in zip(shape, spacing, target)):
+        raise VolumeReadError(
+            f"{volume.source}: {size} voxels of {mm} mm are smaller than one "
+            f"{'x'.join(f'{t:g}' for t in target)} mm voxel of preset {preset.name!r} along an axis: not a CT volume"
+        )
+    out = output_shape(shape, spacing, target)
+    # resample() first gathers the output slices along one axis at the input's size on the other two
+    peak = max(math.prod(out), *(o * math.prod(shape) // n for o, n in zip(out, shape)))
+    if peak > MAX_RESAMPLED_VOXELS:
+        raise VolumeReadError(
+            f"{volume.source}: resampling {size} voxels of {mm} mm to {'x'.join(f'{t:g}' for t in target)} mm "
+            f"would hold {peak * 4 / 2**30:.1f} GiB (to {'x'.join(map(str, out))} voxels) before the crop to "
+            f"{'x'.join(map(str, preset.shape))}; the limit is {MAX_RESAMPLED_VOXELS * 4 / 2**30:g} GiB"
+        )
+
 
 def preprocess_volume(volume: Volume, preset: Preset | str) -> np.ndarray:
-    """A canonical Volume -> int16 HU array of shape ``preset.shape`` (x, y, z), clipped to ``preset.window``."""
+    """A canonical Volume -> int16 HU array of shape ``preset.shape`` (x, y, z), clipped to ``preset.window``.
+
+    Raises :class:`~silverclip.data.readers.VolumeReadError` for an absurd geometry (:func:`check_geometry`).
+    """
     import torch
 
     preset = load_preset(preset)
+    check_geometry(volume, preset)
     lo, hi = preset.window
     with torch.no_grad():
         t = resample(volume.array, volume.spacing, preset.spacing)
@@ -99,21 +140,18 @@ def _task(row: Any) -> dict[str, Any]:
     return {"volume_id": row.volume_id, "path": row.path, "format": row.format, "rescale": rescale, "spacing": spacing}
 
 
-def _init_worker() -> None:
-    # One thread per worker process: the workers are the parallelism; oversubscription only slows down.
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _process_one(task: dict[str, Any], preset_dict: dict[str, Any], root: str) -> dict[str, Any]:
-    """Worker: read, preprocess and atomically write one volume; returns its index row (raises on failure)."""
+    """Worker: read, preprocess and atomically write one volume; returns its index row (raises on failure).
+
+    ``task["index_only"]``: the volume is already cached (written before a kill, its index row lost):
+    only read the source again to rebuild the row.
+    """
     t0 = time.perf_counter()
     preset = Preset.from_dict(preset_dict)
     vol = load_volume(task["path"], format=task["format"], rescale=task["rescale"], spacing=task["spacing"])
-    out = preprocess_volume(vol, preset)
-    CacheWriter(root, preset).write(task["volume_id"], out)
+    if not task.get("index_only"):
+        out = preprocess_volume(vol, preset)
+        CacheWriter(root, preset).write(task["volume_id"], out)
     return {
         "volume_id": task["volume_id"],
         "file": f"volumes/{task['volume_id']}.npy",
@@ -121,7 +159,7 @@ def _process_one(task: dict[str, Any], preset_dict: dict[str, Any], root: str) -
         "source_orientation": vol.source_orientation,
         "source_shape": "x".join(str(s) for s in vol.shape),
         "source_spacing": "x".join(f"{s:.4g}" for s in vol.spacing),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": None if task.get("index_only") else round(time.perf_counter() - t0, 3),
     }
 
 
@@ -130,7 +168,8 @@ def _run_pool(tasks: list[dict], preset_dict: dict, root: str, workers: int) -> 
     pending = list(reversed(tasks))
     ctx = mp.get_context("spawn")  # fork + torch threads can deadlock; spawn is safe everywhere
     while pending:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+        # init_worker: a killed preprocess takes its workers with it; one torch thread each.
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(os.getpid(), 1)) as pool:
             inflight: dict[Future, dict] = {}
             broken = False
             while (pending or inflight) and not broken:
@@ -177,18 +216,28 @@ def preprocess_manifest(
     writer = CacheWriter(out_dir, preset)
     shard = parse_shard(shard)
     selected = [r for r in df.itertuples(index=False) if in_shard(r.volume_id, shard)]
+    removed = writer.remove_stale_temporaries([r.volume_id for r in selected])
+    if removed:
+        log.info("preprocess: removed %d temporary file(s) left by an interrupted run", removed)
+    # Volumes written before a kill whose index rows were lost: their rows are rebuilt from the source.
+    indexed = writer.indexed_ids()
     todo = [_task(r) for r in selected if r.volume_id not in writer]
+    unindexed = [
+        {**_task(r), "index_only": True} for r in selected if r.volume_id in writer and r.volume_id not in indexed
+    ]
     cached = len(selected) - len(todo)
     if limit is not None:
         todo = todo[:limit]
     log.info(
-        "preprocess %s: %d volume(s) in manifest, %d in shard, %d already cached, %d to do",
+        "preprocess %s: %d volume(s) in manifest, %d in shard, %d already cached (%d to re-index), %d to do",
         preset.name,
         len(df),
         len(selected),
         cached,
+        len(unindexed),
         len(todo),
     )
+    todo = unindexed + todo
     failures = FailureLog("preprocess")
     rows: list[dict] = []
     preset_dict = preset.to_dict()
@@ -197,14 +246,21 @@ def preprocess_manifest(
     else:
         results = ((t, _safe(_process_one, t, preset_dict, str(writer.root))) for t in todo)
     bar = tqdm(total=len(todo), desc=f"preprocess[{preset.name}]", unit="vol", disable=not progress)
-    for task, result in results:
-        if isinstance(result, BaseException):
-            failures.add(task["volume_id"], task["path"], result)
-        else:
-            rows.append(result)
-        bar.update(1)
-    bar.close()
-    writer.update_index(rows)
+    flushed = time.monotonic()
+    try:
+        for task, result in results:
+            if isinstance(result, BaseException):
+                if not task.get("index_only"):  # an unreadable source of a cached volume keeps the volume
+                    failures.add(task["volume_id"], task["path"], result)
+            else:
+                rows.append(result)
+            bar.update(1)
+            if time.monotonic() - flushed > INDEX_FLUSH_SECONDS:  # a kill loses at most this much of the index
+                writer.update_index(rows)
+                rows, flushed = [], time.monotonic()
+    finally:
+        bar.close()
+        writer.update_index(rows)
     _write_failures(writer, failures)
     failures.report(sys.stderr)  # resolved now, not at import time (captured streams, notebooks)
     return failures

@@ -15,8 +15,10 @@ Every error names the file: :class:`VolumeReadError` (a ``ValueError``) for corr
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,11 +69,28 @@ class Volume:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
+def check_path(path: Path) -> None:
+    """Raise, naming ``path``, why it cannot be opened: missing, a broken or looping link, no permission."""
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise VolumeReadError(f"{path}: a loop of symbolic links (it never reaches a file)") from None
+        if e.errno == errno.ENOENT and path.is_symlink():
+            raise FileNotFoundError(
+                f"{path}: broken symbolic link (to {os.readlink(path)}, which does not exist)"
+            ) from None
+        if e.errno == errno.ENOENT:
+            raise FileNotFoundError(f"{path}: no such file or folder") from None
+        if e.errno == errno.EACCES:
+            raise PermissionError(f"{path}: permission denied") from None
+        raise VolumeReadError(f"{path}: cannot be opened ({e.strerror})") from None
+
+
 def detect_format(path: str | Path) -> str:
     """``nifti`` (.nii/.nii.gz), ``dicom`` (a folder) or ``npz``; raises naming the path otherwise."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+    check_path(path)
     if path.is_dir():
         return "dicom"
     name = path.name.lower()
@@ -141,8 +160,14 @@ def to_hu(data: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.nd
 
 
 def _check_array(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.ndim == 4 and array.shape[3] == 1:
+    while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    if array.ndim > 3:
+        n = int(np.prod(array.shape[3:]))
+        raise VolumeReadError(
+            f"{path}: a {array.ndim}D image of shape {tuple(array.shape)} ({n} volumes: a time series or "
+            "multi-channel file); expected one 3D CT volume"
+        )
     if array.ndim != 3:
         raise VolumeReadError(f"{path}: array of shape {tuple(array.shape)} is not 3D (a 2D image?); expected a volume")
     if min(array.shape) < 2:
@@ -157,8 +182,7 @@ def _check_array(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise VolumeReadError(f"{path}: empty file (0 bytes)")
 

@@ -64,6 +64,9 @@ class AnswerCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        from silverclip.io import create_file
+
+        create_file(self.path)  # the umask's permissions (SQLite would pick 0644); its -wal/-shm files follow it
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")

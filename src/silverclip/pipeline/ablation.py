@@ -47,8 +47,9 @@ def run_ablation(
     arms, seeds = list(cfg.ablation.arms), list(cfg.ablation.seeds)
     if "llm" in arms and not cfg.labels.llm.get("base_url"):
         raise ValueError("the llm arm needs labels.llm.base_url (an OpenAI-compatible endpoint)")
-    run_dir = prepare_run_dir(cfg.run_dir, cfg)
     base = Pipeline(cfg, force=force)
+    base.validate(backends=tuple(a for a in arms if a != "scratch"))  # every stage, before the first
+    run_dir = prepare_run_dir(cfg.run_dir, cfg)
     data = base.data()
     if "gold_train" not in data or "gold_valid" not in data:
         raise RuntimeError("the ablation needs gold labels for the training and validation splits")

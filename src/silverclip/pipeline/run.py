@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from silverclip.config import config_from_dict, deep_merge
+from silverclip.config import ConfigError, config_from_dict, deep_merge
 from silverclip.findings import FINDINGS
 from silverclip.io import atomic_write_json
 from silverclip.pipeline.config import PipelineConfig
@@ -26,11 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+    from silverclip.device import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(name))
 
 
 def final_checkpoint(best: str | Path) -> Path:
@@ -187,6 +185,74 @@ class Pipeline:
         return self.runner.run(name, build, config=(backend, self.cfg.labels))
 
     # ---------------------------------------------------------------- training
+    def pretrain_config(self, cache: str, labels: str, val_labels: str | None, out: Path, seed: int) -> Any:
+        """The ``silverclip pretrain`` config of this run: the ``pretrain`` section plus the run's paths."""
+        from silverclip.train.config import PretrainConfig
+
+        fixed = {"out": str(out), "cache": cache, "labels": labels, "val_labels": val_labels}
+        data = deep_merge(self.cfg.pretrain, {**fixed, "train": {"seed": seed, "progress": self.cfg.progress}})
+        return _section_config(PretrainConfig, data, "pretrain")
+
+    def clip_config(
+        self, cache: str, data: dict[str, Any], init: str | None, out: Path, seed: int, extra_epochs: int = 0
+    ) -> Any:
+        """The ``silverclip clip`` config of this run: the ``clip`` section plus the run's paths."""
+        from silverclip.train.config import ClipConfig
+
+        fixed = {
+            "out": str(out),
+            "cache": cache,
+            "manifest": data["train_manifest"],
+            "val_manifest": data["valid_manifest"],
+            "init": init,
+        }
+        merged = deep_merge(self.cfg.clip, {**fixed, "train": {"seed": seed, "progress": self.cfg.progress}})
+        if extra_epochs:
+            merged["train"]["epochs"] = merged["train"].get("epochs", 10) + extra_epochs
+        return _section_config(ClipConfig, merged, "clip")
+
+    def validate(self, backends: tuple[str, ...] = (), until: str | None = None) -> None:
+        """Build every stage's config now, so that a typo in a late stage fails before the first stage runs.
+
+        Stage configs only record paths (nothing is opened), so the run's future outputs stand in for them.
+        ``backends``: label backends besides ``labels.backend`` that will run (the ablation's arms). Devices are
+        checked for the stages up to ``until`` only (``--until labels`` may prepare on a machine without GPUs).
+        """
+        from silverclip.data.presets import load_preset
+        from silverclip.device import resolve_device
+
+        cfg, ph = self.cfg, self.run_dir
+        try:
+            load_preset(cfg.preprocess.preset)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise ConfigError(f"preprocess.preset: {e}") from None
+        if cfg.source.kind == "synth":
+            from silverclip.synth.dataset import SynthConfig
+
+            _section_config(SynthConfig, {"seed": cfg.seed, **cfg.source.synth}, "source.synth")
+        if "llm" in (cfg.labels.backend, *backends):
+            from silverclip.labels.llm import LLMConfig
+
+            if not cfg.labels.llm.get("base_url"):
+                raise ConfigError("labels.llm.base_url (an OpenAI-compatible endpoint) is required for LLM labels")
+            _section_config(LLMConfig, cfg.labels.llm, "labels.llm")
+        data = {"train_manifest": str(ph / "manifests/train.csv"), "valid_manifest": str(ph / "manifests/valid.csv")}
+        devices = {"clip": self.clip_config(str(ph / "cache"), data, None, ph / "clip", cfg.seed).train.device}
+        if cfg.pretrain_enabled or backends:
+            labels = str(ph / "labels/silver.csv")
+            devices["pretrain"] = self.pretrain_config(
+                str(ph / "cache"), labels, None, ph / "pretrain", cfg.seed
+            ).train.device
+        devices["embed"] = cfg.evaluate.device
+        for stage, device in devices.items():
+            if until is not None and STAGE_ORDER.index(stage) > STAGE_ORDER.index(until):
+                continue
+            try:
+                resolve_device(device)
+            except ValueError as e:
+                key = "evaluate.device" if stage == "embed" else f"{stage}.train.device"
+                raise ConfigError(f"{key}: {e}") from None
+
     def pretrain(
         self,
         cache: str,
@@ -197,11 +263,7 @@ class Pipeline:
         stage: str = "pretrain",
         runner: StageRunner | None = None,
     ) -> dict[str, Any]:
-        from silverclip.train.config import PretrainConfig
-
-        fixed = {"out": str(out), "cache": cache, "labels": labels, "val_labels": val_labels}
-        data = deep_merge(self.cfg.pretrain, {**fixed, "train": {"seed": seed, "progress": self.cfg.progress}})
-        cfg = config_from_dict(PretrainConfig, data)
+        cfg = self.pretrain_config(cache, labels, val_labels, out, seed)
 
         def build() -> dict[str, Any]:
             from silverclip.train import run_pretrain
@@ -221,19 +283,7 @@ class Pipeline:
         stage: str = "clip",
         runner: StageRunner | None = None,
     ) -> dict[str, Any]:
-        from silverclip.train.config import ClipConfig
-
-        fixed = {
-            "out": str(out),
-            "cache": cache,
-            "manifest": data["train_manifest"],
-            "val_manifest": data["valid_manifest"],
-            "init": init,
-        }
-        merged = deep_merge(self.cfg.clip, {**fixed, "train": {"seed": seed, "progress": self.cfg.progress}})
-        if extra_epochs:
-            merged["train"]["epochs"] = merged["train"].get("epochs", 10) + extra_epochs
-        cfg = config_from_dict(ClipConfig, merged)
+        cfg = self.clip_config(cache, data, init, out, seed, extra_epochs)
 
         def build() -> dict[str, Any]:
             from silverclip.train import run_clip
@@ -391,7 +441,8 @@ class Pipeline:
         import os
 
         if until is not None and until not in STAGE_ORDER:
-            raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGE_ORDER)}")
+            raise ConfigError(f"--until: unknown stage {until!r}; stages: {', '.join(STAGE_ORDER)}")
+        self.validate(until=until)  # every stage's config before the first stage: a typo never waits
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if distributed:
             missing = [s for s in ("data", "preprocess", "labels") if self.runner.done(s) is None]
@@ -436,6 +487,14 @@ class Pipeline:
 
         summary["report"] = str(write_summary(self.run_dir, summary))
         return summary
+
+
+def _section_config(cls: type, data: dict[str, Any], section: str) -> Any:
+    """``config_from_dict`` whose errors name the pipeline config's section (``pretrain.train.epoch``)."""
+    try:
+        return config_from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"in section {section}: {e}") from None
 
 
 STAGE_ORDER = ("data", "preprocess", "labels", "pretrain", "clip", "embed", "evaluate")

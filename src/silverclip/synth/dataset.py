@@ -287,7 +287,6 @@ def _write_job(args: tuple[VolumeJob, str, int, int]) -> tuple[str, str | None]:
             return job.name, None
         arr = render_job(job, format_version)
         atomic_write_bytes(path, nifti_bytes(arr, job.geom.affine(), level))
-        path.chmod(0o644)
         return job.name, None
     except Exception as e:  # one bad volume never stops the run
         return job.name, f"{type(e).__name__}: {e}"
@@ -321,8 +320,12 @@ def make_synthetic_ctrate(out_dir: str | Path, config: SynthConfig | None = None
     bar = tqdm(total=len(args), desc="synth", unit="vol", disable=not progress)
     if cfg.workers > 1:
         import multiprocessing as mp
+        import os
 
-        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+        from silverclip.workers import init_worker
+
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(cfg.workers, initializer=init_worker, initargs=(os.getpid(), None)) as pool:
             for name, err in pool.imap_unordered(_write_job, args, chunksize=2):
                 if err:
                     failures.add(name, out / "dataset", err)
@@ -354,8 +357,6 @@ def make_synthetic_ctrate(out_dir: str | Path, config: SynthConfig | None = None
         ]
     )
     atomic_to_csv(vols, out / "synth_info" / "volumes.csv")
-    for p in out.rglob("*.csv"):
-        p.chmod(0o644)
     return failures
 
 
