@@ -26,7 +26,7 @@ PRESET = Preset(
 
 def _phantom(rng: np.random.Generator, metal: bool) -> np.ndarray:
     """A chest-like phantom: air, a soft-tissue body with two lungs, bright rib-like spots, noise; optionally
-    one metal device (radius about 2 voxels, 3000 HU, like a pacemaker generator at 6 mm voxels) somewhere in the body wall or mediastinum."""
+    one metal device (radius about 2 voxels, 3000 HU, like a pacemaker generator at 6 mm voxels) in the body."""
     x, y, z = np.meshgrid(*(np.arange(s) - s / 2 + 0.5 for s in PRESET.shape), indexing="ij")
     a, b = rng.uniform(12, 15), rng.uniform(9, 12)
     body = (x / a) ** 2 + (y / b) ** 2 < 1
