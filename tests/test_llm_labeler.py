@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 
 from silverclip.findings import FINDINGS
-from silverclip.labels import llm as llm_module
+from silverclip.labels import llm_jobs as jobs_module
 from silverclip.labels.llm import (
     FatalEndpointError,
     LLMConfig,
@@ -378,7 +378,7 @@ def test_privacy_guard_refuses_remote_endpoint_before_sending_anything(reports, 
     def no_client(*args, **kwargs):
         raise AssertionError("a client was built for a refused endpoint")
 
-    monkeypatch.setattr(llm_module, "make_client", no_client)
+    monkeypatch.setattr(jobs_module, "make_client", no_client)
     for url in ("https://api.example.com/v1", "http://10.1.2.3:8000/v1", "http://127.0.0.1.nip.io/v1"):
         with pytest.raises(RemoteEndpointError, match="--allow-remote-endpoint"):
             extract_labels_llm(reports, LLMConfig(base_url=url), tmp_path / "c.sqlite")
@@ -402,8 +402,8 @@ def test_remote_endpoint_needs_the_option_and_a_key_from_the_environment(reports
         seen.append(request)
         return hx.Response(200, json=completion(",".join(str(v) for v in expected_labels(text))))
 
-    real_make_client = llm_module.make_client
-    monkeypatch.setattr(llm_module, "make_client", lambda c, k: real_make_client(c, k, hx.MockTransport(handler)))
+    real_make_client = jobs_module.make_client
+    monkeypatch.setattr(jobs_module, "make_client", lambda c, k: real_make_client(c, k, hx.MockTransport(handler)))
     result = extract_labels_llm(one, cfg, tmp_path / "c.sqlite", progress=False)
     assert len(seen) == 1 and str(seen[0].url) == "https://api.example.com/v1/chat/completions"
     assert seen[0].headers["Authorization"] == f"Bearer {SECRET}"

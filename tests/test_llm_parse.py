@@ -7,7 +7,7 @@ import math
 import pytest
 
 from silverclip.findings import FINDINGS, load_findings
-from silverclip.labels.llm import estimate_cost, format_usage
+from silverclip.labels.llm_usage import Prices, add_cost, format_usage, prices_from
 from silverclip.labels.llm_parse import AnswerFormatError, TokenLogprob, parse_answer, present_probabilities
 from silverclip.labels.llm_prompt import format_report, labels_grammar, load_prompt
 
@@ -142,11 +142,13 @@ def test_prompt_lists_every_finding_in_order_and_is_versioned() -> None:
 
 
 def test_cost_estimate() -> None:
-    # 50k reports x 1,000 prompt + 40 completion tokens at $0.28 / $0.42 per million
-    cost = estimate_cost(50_000 * 1000, 50_000 * 40, 0.28, 0.42)
-    assert cost == pytest.approx(50 * 0.28 + 2 * 0.42)
-    assert estimate_cost(10, 10, None, 1.0) is None
-    line = format_usage(
-        {"reports": 2, "prompt_tokens": 10, "cost_usd": 0.5, "price_input_per_m": 1, "price_output_per_m": 2}
-    )
-    assert "$0.5000" in line and "10 prompt" in line
+    # 50k reports x 1,000 prompt (200 of them cached) + 40 completion tokens at $0.28 / $0.028 / $0.42 per million
+    prices = Prices(0.28, 0.42, cached_input_per_m=0.028)
+    assert prices.cost(50_000 * 800, 50_000 * 200, 50_000 * 40) == pytest.approx(40 * 0.28 + 10 * 0.028 + 2 * 0.42)
+    assert Prices(0.28, 0.42).cost(800, 200, 0) == pytest.approx(1000 * 0.28 / 1e6)  # cached billed as uncached
+    assert prices_from(None, 1.0) is None and prices_from(1.0, 2.0) == Prices(1.0, 2.0)
+    usage = {"reports": 2, "prompt_tokens": 10, "cached_prompt_tokens": 4, "completion_tokens": 3}
+    add_cost(usage, Prices(1.0, 2.0, 0.5))
+    assert usage["cost_usd"] == pytest.approx((6 * 1.0 + 4 * 0.5 + 3 * 2.0) / 1e6)
+    line = format_usage(usage)
+    assert "10 input tokens (6 uncached, 4 cached)" in line and "$0.0000" in line and "$0.5/M cached" in line

@@ -86,7 +86,11 @@ def test_llm_options_build_the_config_and_never_take_a_key() -> None:
     )
     assert (cfg.concurrency, cfg.max_retries, cfg.logprobs) == (24, 5, False)
     assert (cfg.price_input_per_m, cfg.price_output_per_m) == (0.28, 0.42)
-    assert cfg.extra_body == {"grammar": labels_grammar(len(FINDINGS))}
+    assert cfg.grammar is True and cfg.extra_body is None
+    from silverclip.labels.llm_client import request_extra_body
+
+    assert request_extra_body(cfg, len(FINDINGS)) == {"grammar": labels_grammar(len(FINDINGS))}
+    assert request_extra_body(cfg, 2) == {"grammar": labels_grammar(2)}  # the cascade asks fewer findings
     defaults = llm_config_from_args(parser.parse_args([]))
     assert defaults.allow_remote is False and defaults.base_url.startswith("http://127.0.0.1")
     with pytest.raises(SystemExit):  # no --api-key option, not even as an abbreviation
