@@ -7,9 +7,9 @@ import math
 import pytest
 
 from silverclip.findings import FINDINGS, load_findings
-from silverclip.labels.llm_usage import Prices, add_cost, format_usage, prices_from
 from silverclip.labels.llm_parse import AnswerFormatError, TokenLogprob, parse_answer, present_probabilities
 from silverclip.labels.llm_prompt import format_report, labels_grammar, load_prompt
+from silverclip.labels.llm_usage import Prices, add_cost, format_usage, prices_from
 
 N = len(FINDINGS)
 GOOD = [1, 0, -1, 0, 0, 1, 0, 0, 0, 1, -1, 0, 0, 0, 0, 0, 1, 0]
