@@ -9,6 +9,8 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from email.parser import BytesParser
+from email.policy import default as email_default
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -110,10 +112,14 @@ class FakeLLM:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                try:
+                    body = json.loads(raw)
+                except ValueError:  # not a chat request (a file upload): recorded as seen, raw
+                    body = {"raw": raw}
                 with fake.lock:
                     record = {
-                        "report": body["messages"][1]["content"],
+                        "report": body["messages"][1]["content"] if "messages" in body else None,
                         "body": body,
                         "auth": self.headers.get("Authorization"),
                         "answered": False,
@@ -197,3 +203,138 @@ def perfect_reply(gold: pd.DataFrame, text_to_id: dict[str, str]) -> Callable[[d
         return Reply(body=completion(",".join(values), prompt_tokens=300, completion_tokens=2 * len(values)))
 
     return script
+
+
+class FakeBatchAPI:
+    """A loopback server implementing OpenAI's files and batches endpoints for the batch mode.
+
+    ``POST /v1/files`` (multipart upload), ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
+    ``GET /v1/batches`` (list) and ``GET /v1/batches/{id}``. A batch stays ``in_progress`` until
+    ``release`` is set and it has been polled ``polls_to_finish`` times; then every line is answered
+    by ``answer(body) -> chat completion dict`` (or an error dict with ``status_code``) and the batch
+    is ``completed``. ``fail_create`` (a number of calls) makes ``POST /v1/batches`` answer 500, after
+    creating the batch when ``create_then_fail`` (the answer was lost, not the batch).
+    """
+
+    def __init__(self, answer: Callable[[dict], dict], polls_to_finish: int = 2) -> None:
+        self.answer = answer
+        self.polls_to_finish = polls_to_finish
+        self.release = threading.Event()
+        self.release.set()
+        self.lock = threading.Lock()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.polls: dict[str, int] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.auth: list[str | None] = []
+        self.fail_create = 0
+        self.create_then_fail = False
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def reply(self, status: int, body: bytes | dict, ctype: str = "application/json") -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                with api.lock:
+                    api.calls.append(("GET", self.path))
+                    api.auth.append(self.headers.get("Authorization"))
+                    parts = self.path.split("?")[0].strip("/").split("/")
+                    if parts[:2] == ["v1", "batches"] and len(parts) == 2:
+                        data = list(api.batches.values())
+                        return self.reply(200, {"object": "list", "data": data, "has_more": False})
+                    if parts[:2] == ["v1", "batches"] and parts[2] in api.batches:
+                        return self.reply(200, api.poll(parts[2]))
+                    if parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[2] in api.files:
+                        return self.reply(200, api.files[parts[2]], "application/octet-stream")
+                self.reply(404, {"error": {"message": f"no {self.path}"}})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with api.lock:
+                    api.calls.append(("POST", self.path))
+                    api.auth.append(self.headers.get("Authorization"))
+                    if self.path.startswith("/v1/files"):
+                        msg = BytesParser(policy=email_default).parsebytes(
+                            b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body
+                        )
+                        data = next(p for p in msg.iter_parts() if p.get_filename()).get_payload(decode=True)
+                        fid = f"file-{len(api.files) + 1}"
+                        api.files[fid] = data
+                        obj = {"id": fid, "object": "file", "bytes": len(data), "created_at": 0}
+                        return self.reply(200, {**obj, "filename": "labels.jsonl", "purpose": "batch"})
+                    if self.path.startswith("/v1/batches"):
+                        req = json.loads(body)
+                        if api.fail_create and not api.create_then_fail:
+                            api.fail_create -= 1
+                            return self.reply(500, {"error": {"message": "scripted failure"}})
+                        bid = f"batch-{len(api.batches) + 1}"
+                        api.batches[bid] = {
+                            "id": bid,
+                            "object": "batch",
+                            "endpoint": req["endpoint"],
+                            "input_file_id": req["input_file_id"],
+                            "completion_window": req["completion_window"],
+                            "status": "validating",
+                            "created_at": 0,
+                        }
+                        api.polls[bid] = 0
+                        if api.fail_create:
+                            api.fail_create -= 1
+                            return self.reply(500, {"error": {"message": "scripted failure after creating"}})
+                        return self.reply(200, api.batches[bid])
+                self.reply(404, {"error": {"message": f"no {self.path}"}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def count(self, method: str, prefix: str) -> int:
+        with self.lock:
+            return sum(m == method and p.startswith(prefix) for m, p in self.calls)
+
+    def poll(self, bid: str) -> dict:
+        batch = self.batches[bid]
+        self.polls[bid] += 1
+        if batch["status"] in ("validating", "in_progress"):
+            batch["status"] = "in_progress"
+            if self.release.is_set() and self.polls[bid] >= self.polls_to_finish:
+                self.finish(batch)
+        return batch
+
+    def finish(self, batch: dict) -> None:
+        out, n_failed = [], 0
+        lines = [json.loads(x) for x in self.files[batch["input_file_id"]].decode().splitlines() if x.strip()]
+        for i, line in enumerate(lines):
+            result = self.answer(line["body"])
+            status = result.pop("status_code", 200)
+            n_failed += status != 200
+            response = {"status_code": status, "body": result}
+            out.append({"id": f"r{i}", "custom_id": line["custom_id"], "response": response})
+        fid = f"file-{len(self.files) + 1}"
+        self.files[fid] = ("\n".join(json.dumps(o) for o in out) + "\n").encode()
+        batch.update(
+            status="completed",
+            output_file_id=fid,
+            request_counts={"total": len(lines), "completed": len(lines) - n_failed, "failed": n_failed},
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def good_batch_answer(body: dict) -> dict:
+    """A batch line's answer: the scripted judgement of the report, with a cached-token count."""
+    text, tokens = answer_with_logprobs(expected_labels(body["messages"][1]["content"]))
+    return completion(text, tokens if body.get("logprobs") else None, prompt_tokens=100, cached_tokens=60)

@@ -60,6 +60,10 @@ class BatchPending(RuntimeError):
     """A batch did not finish within ``batch_max_wait_s``: rerun the same command to resume polling it."""
 
 
+class BatchError(RuntimeError):
+    """A request to the files/batches API failed on every try: the state is saved, a rerun resumes."""
+
+
 def state_path(cache_path: str | Path) -> Path:
     """``labels.llm_cache.sqlite`` -> ``labels.llm_cache.sqlite.batches.json``."""
     p = Path(cache_path)
@@ -118,7 +122,13 @@ class _BatchRun:
             self.path.unlink()
 
     async def call(self, fn):  # control requests: retried, not counted as label requests
-        return await call_with_retries(fn, self.config, self.redact, self.rng)
+        try:
+            return await call_with_retries(fn, self.config, self.redact, self.rng)
+        except ReportFailed as e:
+            raise BatchError(
+                f"batch API request failed ({e}); what was done is saved in {self.path}: rerun the same command "
+                "to resume"
+            ) from None
 
     async def submit(self, jobs: list[LabelJob]) -> None:
         """Upload and create one batch per chunk of jobs; the state is saved after every step."""
@@ -276,7 +286,8 @@ async def run_batch(
     """Answer ``todo`` through the batch API; batches left by an interrupted run are finished first.
 
     Fills ``answers`` (and the cache) and ``failed`` (key -> reason) in place. Raises BatchPending when
-    ``config.batch_max_wait_s`` passes first, FatalEndpointError when the endpoint refuses or redirects.
+    ``config.batch_max_wait_s`` passes first, BatchError when a files/batches request fails on every
+    try, FatalEndpointError when the endpoint refuses or redirects (each time after saving the state).
     """
     run = _BatchRun(config, client, cache, answers, failed, usage, redact, progress)
     await run.finish_all()  # a previous run's batches: polled by id, never submitted again
