@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from silverclip.findings import FINDINGS
 from silverclip.io import FailureLog
 from silverclip.labels.context import AFFIRMED, NEGATED, UNCERTAIN
 from silverclip.labels.evaluate import label_scores
 from silverclip.labels.llm import record_failures
-from silverclip.labels.llm_cache import cache_key, text_sha256
+from silverclip.labels.llm_cache import CachedAnswer, cache_key, text_sha256
 from silverclip.labels.llm_client import LLMConfig
 from silverclip.labels.llm_jobs import LabelJob, run_jobs_async
 from silverclip.labels.llm_prompt import LabelPrompt, load_prompt
@@ -172,6 +173,34 @@ def plan_cascade(
     return CascadePlan(result, open_by_id, list(jobs.values()), job_of)
 
 
+def merge_answers(
+    plan: CascadePlan, answers: dict[str, CachedAnswer]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, str]]]:
+    """The rules' labels and scores with the LLM's answers (by job key) for the open findings.
+
+    Returns ``(labels, probabilities, decided_by)``. An open finding whose request has no answer
+    (failed) is NaN in both frames: unknown, masked in training. The LLM's P(present) is used where
+    its answer has one, else its label as a score (1 -> 1, -1 -> 0.5, 0 -> 0).
+    """
+    labels = plan.rules.labels.astype(float)
+    probs = plan.rules.probabilities.astype(float)
+    decided_by = {rid: dict.fromkeys(FINDINGS, RULES) for rid in labels.index}
+    for rid, indices in plan.open.items():
+        cols = [FINDINGS[i] for i in indices]
+        answer = answers.get(plan.job_of[rid])
+        for f in cols:
+            decided_by[rid][f] = LLM
+        if answer is None:
+            labels.loc[rid, cols] = np.nan
+            probs.loc[rid, cols] = np.nan
+            continue
+        values = np.asarray(answer.labels, dtype=float)
+        labels.loc[rid, cols] = values
+        p = answer.probabilities if answer.probabilities is not None else label_scores(values)
+        probs.loc[rid, cols] = np.asarray(p, dtype=float)
+    return labels, probs, decided_by
+
+
 async def extract_labels_cascade_async(
     reports: dict[str, str],
     config: LLMConfig,
@@ -187,22 +216,7 @@ async def extract_labels_cascade_async(
     failures.failures.extend(plan.rules.failures.failures)
     record_failures(plan.jobs, run, failures, f"llm:{config.shown_url}")
 
-    labels = plan.rules.labels.astype(float)
-    probs = plan.rules.probabilities.astype(float)
-    decided_by = {rid: dict.fromkeys(FINDINGS, RULES) for rid in reports}
-    for rid, indices in plan.open.items():
-        cols = [FINDINGS[i] for i in indices]
-        answer = run.answers.get(plan.job_of[rid])
-        for f in cols:
-            decided_by[rid][f] = LLM
-        if answer is None:  # failed: the open findings stay unknown (masked in training), rerun to ask again
-            labels.loc[rid, cols] = np.nan
-            probs.loc[rid, cols] = np.nan
-            continue
-        values = np.asarray(answer.labels, dtype=float)
-        labels.loc[rid, cols] = values
-        p = answer.probabilities if answer.probabilities is not None else label_scores(values)
-        probs.loc[rid, cols] = np.asarray(p, dtype=float)
+    labels, probs, decided_by = merge_answers(plan, run.answers)
     counts = plan.counts()
     usage = {**counts, "unique_requests": len(plan.jobs), **run.usage, "failed": len(failures)}
     if progress:

@@ -181,9 +181,7 @@ class Pipeline:
             if result.probabilities is not None:
                 write_labels(result.probabilities, probabilities_path(labels_csv), float_format="%.4f")
             if result.evidence:
-                write_evidence(
-                    out_dir / f"silver_{backend}_train.evidence.jsonl", result.evidence, result.decided_by
-                )
+                write_evidence(out_dir / f"silver_{backend}_train.evidence.jsonl", result.evidence, result.decided_by)
             summary = status_summary(result.status, self.cfg.labels.include_flagged)
             if summary:
                 log.warning("labels (%s): %s", backend, summary)
