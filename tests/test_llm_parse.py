@@ -152,3 +152,23 @@ def test_cost_estimate() -> None:
     assert usage["cost_usd"] == pytest.approx((6 * 1.0 + 4 * 0.5 + 3 * 2.0) / 1e6)
     line = format_usage(usage)
     assert "10 input tokens (6 uncached, 4 cached)" in line and "$0.0000" in line and "$0.5/M cached" in line
+
+
+def test_prompt_variants_are_data_selectable_by_name() -> None:
+    from silverclip.labels.llm_prompt import list_prompts
+
+    assert {"v1", "authors"} <= set(list_prompts())
+    v1, authors = load_prompt("v1"), load_prompt("authors")
+    assert v1.prompt_id == "v1-f9170391a7c5"  # unchanged since the first release: existing caches stay valid
+    assert authors.prompt_id.startswith("authors-") and authors.n_findings == N
+    for f in load_findings():  # the short list: names, no definitions
+        assert f"{f.name}" in authors.system and f.definition not in authors.system
+    assert len(authors.system) < len(v1.system) / 2
+    example = authors.system.split("Example:")[1].strip()
+    assert len(parse_answer(example, N).labels) == N
+    # A subset (the cascade): only those findings, numbered 1..k in CT-RATE's order, k values in the example.
+    sub = v1.system_for([12, 3])
+    assert "1. Pericardial effusion:" in sub and "2. Pleural effusion:" in sub and "Cardiomegaly" not in sub
+    assert len(parse_answer(sub.split("Example of the format:")[1].strip(), 2).labels) == 2
+    assert v1.subset_id([3, 12]) == v1.subset_id([12, 3]) != v1.subset_id([3]) != v1.prompt_id
+    assert v1.subset_id(range(N)) == v1.prompt_id
