@@ -96,7 +96,15 @@ def _load_state(path: Path) -> dict:
         raise ValueError(f"{path}: not a batch state file ({e}); move it away to start new batches") from None
 
 
-class _BatchRun:
+class BatchRun:
+    """Answers requests through the batch API; batches left by an interrupted run are finished first.
+
+    Fills ``answers`` (and the cache) and ``failed`` (key -> reason) in place and counts the label
+    requests' tokens in ``usage``. :meth:`run` raises BatchPending when ``config.batch_max_wait_s``
+    passes first, BatchError when a files/batches request fails on every try, FatalEndpointError
+    when the endpoint refuses or redirects (each time after saving the state).
+    """
+
     def __init__(
         self,
         config: LLMConfig,
@@ -114,6 +122,16 @@ class _BatchRun:
         self.path = state_path(cache.path)
         self.state = _load_state(self.path)
         self.rng = random.Random()
+
+    async def run(self, todo: list[LabelJob]) -> None:
+        """Answer ``todo``; a previous run's batches are polled by id first, never submitted again."""
+        await self.finish_all()
+        pending = {k for e in self.state["batches"] for k in e["jobs"]}
+        done = set(self.answers) | set(self.failed) | pending
+        remaining = [j for j in todo if j.key not in done]
+        if remaining:
+            await self.submit(remaining)
+            await self.finish_all()
 
     def save(self) -> None:
         if self.state["batches"]:
@@ -270,29 +288,3 @@ class _BatchRun:
         self.answers[key] = answer
         self.failed.pop(key, None)
         return key
-
-
-async def run_batch(
-    todo: list[LabelJob],
-    config: LLMConfig,
-    client: openai.AsyncOpenAI,
-    cache: AnswerCache,
-    answers: dict[str, CachedAnswer],
-    failed: dict[str, str],
-    usage: UsageCounter,
-    redact: Redactor,
-    progress: bool = True,
-) -> None:
-    """Answer ``todo`` through the batch API; batches left by an interrupted run are finished first.
-
-    Fills ``answers`` (and the cache) and ``failed`` (key -> reason) in place. Raises BatchPending when
-    ``config.batch_max_wait_s`` passes first, BatchError when a files/batches request fails on every
-    try, FatalEndpointError when the endpoint refuses or redirects (each time after saving the state).
-    """
-    run = _BatchRun(config, client, cache, answers, failed, usage, redact, progress)
-    await run.finish_all()  # a previous run's batches: polled by id, never submitted again
-    pending = {k for e in run.state["batches"] for k in e["jobs"]}
-    remaining = [j for j in todo if j.key not in answers and j.key not in failed and j.key not in pending]
-    if remaining:
-        await run.submit(remaining)
-        await run.finish_all()

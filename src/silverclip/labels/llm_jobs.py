@@ -87,9 +87,9 @@ async def run_jobs_async(
             client = make_client(config, api_key)
             try:
                 if config.batch:
-                    from silverclip.labels.llm_batch import run_batch
+                    from silverclip.labels.llm_batch import BatchRun
 
-                    await run_batch(todo, config, client, cache, answers, failed, counter, redact, progress)
+                    await BatchRun(config, client, cache, answers, failed, counter, redact, progress).run(todo)
                 else:
                     labeller = ReportLabeler(config, prompt, client, redact)
                     counter = labeller.usage
