@@ -202,3 +202,16 @@ def test_dry_run_of_the_llm_backend_counts_with_a_given_tokenizer(fake_llm, tmp_
     )
     assert counts["input_tokens"] == expected and counts["shared_system_tokens"] > 0
     assert not list(tmp_path.glob("x*"))  # nothing written
+
+
+def test_cascade_has_the_privacy_guard_of_the_llm_backend(tmp_path, monkeypatch) -> None:
+    from silverclip.labels import llm_jobs
+    from silverclip.labels.llm import RemoteEndpointError
+
+    def no_client(*args, **kwargs):
+        raise AssertionError("a client was built for a refused endpoint")
+
+    monkeypatch.setattr(llm_jobs, "make_client", no_client)
+    with pytest.raises(RemoteEndpointError, match="--allow-remote-endpoint"):
+        extract_labels_cascade({"a": HEDGED}, LLMConfig(base_url="https://api.example.com/v1"), tmp_path / "c.sqlite")
+    assert not (tmp_path / "c.sqlite").exists()

@@ -103,8 +103,14 @@ def _extract(args: argparse.Namespace) -> int:
     }
     cache = None
     if uses_llm:
+        from silverclip.labels.llm_batch import state_path
+
         cache = Path(args.llm_cache) if getattr(args, "llm_cache", None) else args.out.with_suffix(".llm_cache.sqlite")
         outputs["--llm-cache"] = cache
+        outputs["batch state"] = state_path(cache)
+    elif getattr(args, "dry_run", False):
+        print(f"dry run: backend {args.backend} sends nothing to an LLM; nothing written")
+        return 0
     try:
         refuse_overwriting_inputs(outputs, {"--reports": args.reports})
     except ValueError as e:
