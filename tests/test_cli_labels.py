@@ -41,7 +41,8 @@ def test_extract_evaluate_compare(reports, tmp_path, capsys) -> None:
     out.parent.mkdir()  # an output file goes into an existing folder (silverclip.io.check_output_file)
     assert main(["labels", "extract", "--reports", str(rpath), "--out", str(out), "--no-progress"]) == 0
     labels = pd.read_csv(out)
-    assert list(labels.columns) == ["VolumeName", *FINDINGS]
+    assert list(labels.columns) == ["VolumeName", *FINDINGS, "report_status"]
+    assert (labels["report_status"] == "ok").all()
     assert labels["VolumeName"].iloc[0].endswith(".nii.gz") and len(labels) == 12
     assert set(labels[list(FINDINGS)].stack().unique()) <= {-1, 0, 1}
     probs = read_labels(tmp_path / "out" / "rules_probs.csv")

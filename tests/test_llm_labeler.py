@@ -8,10 +8,8 @@ and that the API key never reaches outputs or logs, and the cost estimate.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import signal
 import sqlite3
@@ -19,8 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +24,10 @@ import openai
 import pandas as pd
 import pytest
 
+import llm_fixtures
+from llm_fixtures import SECRET, Reply, completion, config, expected_labels, expected_probs, good_reply
 from silverclip.findings import FINDINGS
-from silverclip.labels import llm as llm_module
+from silverclip.labels import llm_jobs as jobs_module
 from silverclip.labels.llm import (
     FatalEndpointError,
     LLMConfig,
@@ -39,157 +37,8 @@ from silverclip.labels.llm import (
 from silverclip.labels.llm_client import backoff_delay, is_loopback_url
 
 N = len(FINDINGS)
-SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
-
-
-def expected_labels(report: str) -> list[int]:
-    """The scripted server's 'judgement': a deterministic function of the report text."""
-    h = hashlib.sha256(report.encode()).digest()
-    return [(b % 3) - 1 for b in h[:N]]
-
-
-P_CHOSEN = 0.7  # probability the fake server gives the chosen value token; the other two share the rest
-
-
-def expected_probs(report: str, uncertain_weight: float = 0.5) -> list[float]:
-    out = []
-    for v in expected_labels(report):
-        mass = {v: P_CHOSEN}
-        for other in (1, 0, -1):
-            mass.setdefault(other, (1 - P_CHOSEN) / 2)
-        out.append(mass[1] + uncertain_weight * mass[-1])
-    return out
-
-
-def answer_with_logprobs(labels: list[int]) -> tuple[str, list[dict]]:
-    """Content and OpenAI-style logprobs: tokens '1', '0', '-', '1' and ',' as separate tokens."""
-    text = ",".join(str(v) for v in labels)
-    tokens = []
-    rest = (1 - P_CHOSEN) / 2
-    for i, v in enumerate(labels):
-        if i:
-            tokens.append({"token": ",", "logprob": 0.0, "bytes": None, "top_logprobs": []})
-        first = {1: "1", 0: "0", -1: "-"}[v]
-        top = [{"token": first, "logprob": math.log(P_CHOSEN), "bytes": None}]
-        top += [{"token": t, "logprob": math.log(rest), "bytes": None} for t in ("1", "0", "-") if t != first]
-        top.append({"token": "The", "logprob": math.log(0.01), "bytes": None})  # starts no value: ignored
-        tokens.append({"token": first, "logprob": math.log(P_CHOSEN), "bytes": None, "top_logprobs": top})
-        if v == -1:
-            tokens.append({"token": "1", "logprob": 0.0, "bytes": None, "top_logprobs": []})
-    return text, tokens
-
-
-def completion(content: str, logprobs: list[dict] | None = None, prompt_tokens: int = 100, completion_tokens: int = 40):
-    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-    choice["logprobs"] = {"content": logprobs} if logprobs is not None else None
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "fake",
-        "choices": [choice],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-
-
-class Reply:
-    def __init__(self, status: int = 200, body: dict | None = None, headers: dict | None = None, delay: float = 0.0):
-        self.status, self.body, self.headers, self.delay = status, body, headers or {}, delay
-
-
-def good_reply(request: dict) -> Reply:
-    report = request["messages"][1]["content"]
-    text, tokens = answer_with_logprobs(expected_labels(report))
-    return Reply(body=completion(text, tokens if request.get("logprobs") else None))
-
-
-class FakeLLM:
-    """A threaded HTTP server speaking just enough of /v1/chat/completions; ``script(request, n)`` -> Reply."""
-
-    def __init__(self, script: Callable[[dict, int], Reply]):
-        self.script = script
-        self.lock = threading.Lock()
-        self.requests: list[dict] = []  # {"report", "body", "auth", "answered"}
-        self.in_flight = 0
-        self.max_in_flight = 0
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    record = {
-                        "report": body["messages"][1]["content"],
-                        "body": body,
-                        "auth": self.headers.get("Authorization"),
-                        "answered": False,
-                    }
-                    fake.requests.append(record)
-                    n = len(fake.requests)
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                try:
-                    reply = fake.script(body, n)
-                    if reply.delay:
-                        time.sleep(reply.delay)
-                    data = json.dumps(reply.body or {"error": {"message": "scripted error"}}).encode()
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                    self.wfile.flush()
-                    record["answered"] = reply.status == 200
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout) or was killed
-                finally:
-                    with fake.lock:
-                        fake.in_flight -= 1
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake_llm():
-    servers: list[FakeLLM] = []
-
-    def start(script: Callable[[dict, int], Reply] = lambda req, n: good_reply(req)) -> FakeLLM:
-        servers.append(FakeLLM(script))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
-
-
-@pytest.fixture
-def reports(shared_data: Path) -> dict[str, str]:
-    df = pd.read_csv(shared_data / "ctrate_reports_manual" / "reports_manual_labels.csv", nrows=12)
-    return dict(zip(df["AccessionNo"], df["report_text"]))
-
-
-def config(base_url: str, **kw) -> LLMConfig:
-    kw.setdefault("backoff_base_s", 0.01)
-    kw.setdefault("backoff_max_s", 0.05)
-    kw.setdefault("timeout_s", 10.0)
-    return LLMConfig(base_url=base_url, model="fake-model", **kw)
+fake_llm = llm_fixtures.fake_llm  # fixtures
+reports = llm_fixtures.reports
 
 
 def test_labels_probabilities_usage_and_cache(fake_llm, reports, tmp_path) -> None:
@@ -378,7 +227,7 @@ def test_privacy_guard_refuses_remote_endpoint_before_sending_anything(reports, 
     def no_client(*args, **kwargs):
         raise AssertionError("a client was built for a refused endpoint")
 
-    monkeypatch.setattr(llm_module, "make_client", no_client)
+    monkeypatch.setattr(jobs_module, "make_client", no_client)
     for url in ("https://api.example.com/v1", "http://10.1.2.3:8000/v1", "http://127.0.0.1.nip.io/v1"):
         with pytest.raises(RemoteEndpointError, match="--allow-remote-endpoint"):
             extract_labels_llm(reports, LLMConfig(base_url=url), tmp_path / "c.sqlite")
@@ -402,8 +251,8 @@ def test_remote_endpoint_needs_the_option_and_a_key_from_the_environment(reports
         seen.append(request)
         return hx.Response(200, json=completion(",".join(str(v) for v in expected_labels(text))))
 
-    real_make_client = llm_module.make_client
-    monkeypatch.setattr(llm_module, "make_client", lambda c, k: real_make_client(c, k, hx.MockTransport(handler)))
+    real_make_client = jobs_module.make_client
+    monkeypatch.setattr(jobs_module, "make_client", lambda c, k: real_make_client(c, k, hx.MockTransport(handler)))
     result = extract_labels_llm(one, cfg, tmp_path / "c.sqlite", progress=False)
     assert len(seen) == 1 and str(seen[0].url) == "https://api.example.com/v1/chat/completions"
     assert seen[0].headers["Authorization"] == f"Bearer {SECRET}"
@@ -558,3 +407,25 @@ def test_labels_extract_cli_with_llm_backend(fake_llm, reports, tmp_path, capsys
     capsys.readouterr()
     assert main([*argv[:8], "--base-url", "https://api.example.com/v1", "--no-progress"]) != 0
     assert "--allow-remote-endpoint" in capsys.readouterr().err and len(server.requests) == 3
+
+
+def test_a_cache_from_before_cached_token_accounting_is_upgraded_in_place(tmp_path) -> None:
+    from silverclip.labels.llm_cache import AnswerCache, CachedAnswer, cached_keys
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # the first release's schema: no cached_prompt_tokens column
+    db.execute(
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, prompt_id TEXT NOT NULL, text_sha256 TEXT "
+        "NOT NULL, labels TEXT NOT NULL, probabilities TEXT, answer TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, "
+        "completion_tokens INTEGER NOT NULL, requests INTEGER NOT NULL, created REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO answers VALUES ('k1', 'm', 'p', 'h', '[1, 0]', NULL, '1,0', 10, 3, 1, 0.0)")
+    db.commit()
+    db.close()
+    assert cached_keys(path, ["k1", "k2"]) == {"k1"}  # read-only look-up works on the old file
+    with AnswerCache(path) as cache:
+        old = cache.get_many(["k1"])["k1"]
+        assert (old.labels, old.prompt_tokens, old.cached_prompt_tokens) == ([1, 0], 10, 0)
+        cache.put("k2", "m", "p", "h2", CachedAnswer([0, 1], None, "0,1", 20, 4, 1, cached_prompt_tokens=15))
+        assert cache.get_many(["k2"])["k2"].cached_prompt_tokens == 15 and len(cache) == 2
+    assert cached_keys(tmp_path / "absent.sqlite", ["k1"]) == set() and not (tmp_path / "absent.sqlite").exists()

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from silverclip.findings import FINDINGS, load_findings
-from silverclip.labels.llm import estimate_cost, format_usage
 from silverclip.labels.llm_parse import AnswerFormatError, TokenLogprob, parse_answer, present_probabilities
 from silverclip.labels.llm_prompt import format_report, labels_grammar, load_prompt
+from silverclip.labels.llm_usage import Prices, add_cost, format_usage, prices_from
 
 N = len(FINDINGS)
 GOOD = [1, 0, -1, 0, 0, 1, 0, 0, 0, 1, -1, 0, 0, 0, 0, 0, 1, 0]
@@ -142,11 +142,33 @@ def test_prompt_lists_every_finding_in_order_and_is_versioned() -> None:
 
 
 def test_cost_estimate() -> None:
-    # 50k reports x 1,000 prompt + 40 completion tokens at $0.28 / $0.42 per million
-    cost = estimate_cost(50_000 * 1000, 50_000 * 40, 0.28, 0.42)
-    assert cost == pytest.approx(50 * 0.28 + 2 * 0.42)
-    assert estimate_cost(10, 10, None, 1.0) is None
-    line = format_usage(
-        {"reports": 2, "prompt_tokens": 10, "cost_usd": 0.5, "price_input_per_m": 1, "price_output_per_m": 2}
-    )
-    assert "$0.5000" in line and "10 prompt" in line
+    # 50k reports x 1,000 prompt (200 of them cached) + 40 completion tokens at $0.28 / $0.028 / $0.42 per million
+    prices = Prices(0.28, 0.42, cached_input_per_m=0.028)
+    assert prices.cost(50_000 * 800, 50_000 * 200, 50_000 * 40) == pytest.approx(40 * 0.28 + 10 * 0.028 + 2 * 0.42)
+    assert Prices(0.28, 0.42).cost(800, 200, 0) == pytest.approx(1000 * 0.28 / 1e6)  # cached billed as uncached
+    assert prices_from(None, 1.0) is None and prices_from(1.0, 2.0) == Prices(1.0, 2.0)
+    usage = {"reports": 2, "prompt_tokens": 10, "cached_prompt_tokens": 4, "completion_tokens": 3}
+    add_cost(usage, Prices(1.0, 2.0, 0.5))
+    assert usage["cost_usd"] == pytest.approx((6 * 1.0 + 4 * 0.5 + 3 * 2.0) / 1e6)
+    line = format_usage(usage)
+    assert "10 input tokens (6 uncached, 4 cached)" in line and "$0.0000" in line and "$0.5/M cached" in line
+
+
+def test_prompt_variants_are_data_selectable_by_name() -> None:
+    from silverclip.labels.llm_prompt import list_prompts
+
+    assert {"v1", "authors"} <= set(list_prompts())
+    v1, authors = load_prompt("v1"), load_prompt("authors")
+    assert v1.prompt_id == "v1-f9170391a7c5"  # unchanged since the first release: existing caches stay valid
+    assert authors.prompt_id.startswith("authors-") and authors.n_findings == N
+    for f in load_findings():  # the short list: names, no definitions
+        assert f"{f.name}" in authors.system and f.definition not in authors.system
+    assert len(authors.system) < len(v1.system) / 2
+    example = authors.system.split("Example:")[1].strip()
+    assert len(parse_answer(example, N).labels) == N
+    # A subset (the cascade): only those findings, numbered 1..k in CT-RATE's order, k values in the example.
+    sub = v1.system_for([12, 3])
+    assert "1. Pericardial effusion:" in sub and "2. Pleural effusion:" in sub and "Cardiomegaly" not in sub
+    assert len(parse_answer(sub.split("Example of the format:")[1].strip(), 2).labels) == 2
+    assert v1.subset_id([3, 12]) == v1.subset_id([12, 3]) != v1.subset_id([3]) != v1.prompt_id
+    assert v1.subset_id(range(N)) == v1.prompt_id

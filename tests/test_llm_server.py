@@ -86,7 +86,11 @@ def test_llm_options_build_the_config_and_never_take_a_key() -> None:
     )
     assert (cfg.concurrency, cfg.max_retries, cfg.logprobs) == (24, 5, False)
     assert (cfg.price_input_per_m, cfg.price_output_per_m) == (0.28, 0.42)
-    assert cfg.extra_body == {"grammar": labels_grammar(len(FINDINGS))}
+    assert cfg.grammar is True and cfg.extra_body is None
+    from silverclip.labels.llm_client import request_extra_body
+
+    assert request_extra_body(cfg, len(FINDINGS)) == {"grammar": labels_grammar(len(FINDINGS))}
+    assert request_extra_body(cfg, 2) == {"grammar": labels_grammar(2)}  # the cascade asks fewer findings
     defaults = llm_config_from_args(parser.parse_args([]))
     assert defaults.allow_remote is False and defaults.base_url.startswith("http://127.0.0.1")
     with pytest.raises(SystemExit):  # no --api-key option, not even as an abbreviation
@@ -98,65 +102,19 @@ def test_llm_options_build_the_config_and_never_take_a_key() -> None:
     assert not any("key" in f and f != "api_key_env" for f in vars(cfg))  # the config holds no key
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-def test_real_llama_cpp_server_extraction_cache_and_resume(shared_data: Path, tmp_path: Path) -> None:
-    df = pd.read_csv(shared_data / "ctrate_reports_manual" / "reports_manual_labels.csv")
-    df = df.assign(length=df["report_text"].str.len()).nsmallest(5, "length")  # 5 real (short) reports
-    reports = dict(zip(df["AccessionNo"], df["report_text"]))
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """``silverclip llm serve`` on SmolLM2-135M on a free loopback port; yields (base_url, log path)."""
+    log_path = tmp_path_factory.mktemp("llama") / "server.log"
     port = free_port()
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
+    log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
     # One thread: on a CPU shared with other jobs, llama.cpp's spinning worker threads only slow it down.
     cmd = [sys.executable, "-m", "silverclip.cli", "llm", "serve", "--port", str(port), "--n-ctx", "2048"]
     server = subprocess.Popen([*cmd, "--n-threads", "1"], stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        wait_until_ready(base_url, 60, server)
-        from silverclip.labels.llm import LLMConfig
-
-        cfg = LLMConfig(
-            base_url=base_url,
-            max_tokens=48,
-            max_reasks=1,
-            concurrency=2,
-            timeout_s=60,
-            extra_body={"grammar": labels_grammar(len(FINDINGS))},  # makes the tiny model answer parsably
-            price_input_per_m=0.28,
-            price_output_per_m=0.42,
-        )
-        cache = tmp_path / "llm_cache.sqlite"
-        first_ids = list(reports)[:3]
-        t0 = time.perf_counter()
-        first = extract_labels_llm({k: reports[k] for k in first_ids}, cfg, cache, progress=False)
-        failed = {f.item for f in first.failures.failures}
-        done = [k for k in first_ids if k not in failed]
-        assert (
-            first.usage["requests"] >= 3 and first.usage["prompt_tokens"] > 0 and first.usage["completion_tokens"] > 0
-        )
-        assert first.usage["cost_usd"] > 0
-        assert set(np.unique(first.labels.loc[done].to_numpy())) <= {1.0, 0.0, -1.0}
-        assert first.labels.loc[sorted(failed)].isna().all().all()
-        if done:  # llama.cpp returns chat log-probs, so finished answers carry P(present)
-            assert first.probabilities is not None
-            p = first.probabilities.loc[done].to_numpy()
-            assert np.all((p >= 0) & (p <= 1))
-
-        # Resume: the 3 finished reports come from the cache, only the rest is sent. (Without log-probs:
-        # llama-cpp-python sorts the whole vocabulary in Python per token for them, ~2-3x slower.)
-        cfg.logprobs = False
-        second = extract_labels_llm(reports, cfg, cache, progress=False)
-        assert second.usage["cache_hits"] == len(done)
-        assert second.usage["requests"] >= len(reports) - len(done)
-        pd.testing.assert_frame_equal(second.labels.loc[done], first.labels.loc[done])
-        if first.probabilities is not None:  # cached probabilities survive; new answers have none
-            pd.testing.assert_frame_equal(second.probabilities.loc[done], first.probabilities.loc[done])
-            assert second.probabilities.drop(index=done).isna().all().all()
-        finished = int(second.labels.notna().all(axis=1).sum())
-
-        third = extract_labels_llm(reports, cfg, cache, progress=False)
-        assert third.usage["cache_hits"] == finished
-        assert third.usage["requests"] == len(reports) - finished
-        print(f"llama.cpp integration: {time.perf_counter() - t0:.1f} s, usage {second.usage}")
+        wait_until_ready(base_url, 120, server)
+        yield base_url, log_path
     finally:
         server.terminate()
         try:
@@ -165,4 +123,92 @@ def test_real_llama_cpp_server_extraction_cache_and_resume(shared_data: Path, tm
             server.kill()
         log.close()
     assert server.returncode is not None
-    assert os.path.getsize(tmp_path / "server.log") > 0
+
+
+def _short_reports(shared_data: Path, n: int) -> dict[str, str]:
+    df = pd.read_csv(shared_data / "ctrate_reports_manual" / "reports_manual_labels.csv")
+    df = df.assign(length=df["report_text"].str.len()).nsmallest(n, "length")  # real (short) reports
+    return dict(zip(df["AccessionNo"], df["report_text"]))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_llama_cpp_server_extraction_cache_and_resume(shared_data: Path, tmp_path: Path, llama_server) -> None:
+    base_url, log_path = llama_server
+    reports = _short_reports(shared_data, 5)
+    from silverclip.labels.llm import LLMConfig
+
+    cfg = LLMConfig(
+        base_url=base_url,
+        max_tokens=48,
+        max_reasks=1,
+        concurrency=2,
+        timeout_s=120,
+        grammar=True,  # makes the tiny model answer parsably
+        price_input_per_m=0.28,
+        price_output_per_m=0.42,
+    )
+    cache = tmp_path / "llm_cache.sqlite"
+    first_ids = list(reports)[:3]
+    t0 = time.perf_counter()
+    first = extract_labels_llm({k: reports[k] for k in first_ids}, cfg, cache, progress=False)
+    failed = {f.item for f in first.failures.failures}
+    done = [k for k in first_ids if k not in failed]
+    assert first.usage["requests"] >= 3 and first.usage["prompt_tokens"] > 0 and first.usage["completion_tokens"] > 0
+    assert first.usage["cost_usd"] > 0
+    assert set(np.unique(first.labels.loc[done].to_numpy())) <= {1.0, 0.0, -1.0}
+    assert first.labels.loc[sorted(failed)].isna().all().all()
+    if done:  # llama.cpp returns chat log-probs, so finished answers carry P(present)
+        assert first.probabilities is not None
+        p = first.probabilities.loc[done].to_numpy()
+        assert np.all((p >= 0) & (p <= 1))
+
+    # Resume: the 3 finished reports come from the cache, only the rest is sent. (Without log-probs:
+    # llama-cpp-python sorts the whole vocabulary in Python per token for them, ~2-3x slower.)
+    cfg.logprobs = False
+    second = extract_labels_llm(reports, cfg, cache, progress=False)
+    assert second.usage["cache_hits"] == len(done)
+    assert second.usage["requests"] >= len(reports) - len(done)
+    pd.testing.assert_frame_equal(second.labels.loc[done], first.labels.loc[done])
+    if first.probabilities is not None:  # cached probabilities survive; new answers have none
+        pd.testing.assert_frame_equal(second.probabilities.loc[done], first.probabilities.loc[done])
+        assert second.probabilities.drop(index=done).isna().all().all()
+    finished = int(second.labels.notna().all(axis=1).sum())
+
+    third = extract_labels_llm(reports, cfg, cache, progress=False)
+    assert third.usage["cache_hits"] == finished
+    assert third.usage["requests"] == len(reports) - finished
+    print(f"llama.cpp integration: {time.perf_counter() - t0:.1f} s, usage {second.usage}")
+    assert os.path.getsize(log_path) > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_llama_cpp_server_cascade_and_exact_dry_run_counts(
+    shared_data: Path, tmp_path: Path, llama_server
+) -> None:
+    """The cascade's real plumbing on SmolLM2, and --dry-run's token count equals what the server bills."""
+    from silverclip.labels.cascade import extract_labels_cascade, plan_cascade
+    from silverclip.labels.llm import LLMConfig
+    from silverclip.labels.llm_tokens import choose_counter, dry_run
+
+    base_url, _ = llama_server
+    pool = _short_reports(shared_data, 200)
+    cfg = LLMConfig(base_url=base_url, max_tokens=16, max_reasks=1, concurrency=1, timeout_s=120, logprobs=False)
+    cfg.grammar = True
+    plan = plan_cascade(pool, cfg)
+    reports = {rid: pool[rid] for rid in list(plan.open)[:2]}  # two short reports with open findings
+    assert len(reports) == 2
+    counted = dry_run(plan_cascade(reports, cfg).jobs, choose_counter(None, cfg.model))
+    assert "own tokenizer" in counted["tokenizer"]
+    result = extract_labels_cascade(reports, cfg, tmp_path / "c.sqlite", progress=False)
+    u = result.usage
+    assert u["requests"] >= 2 and u["reports_to_llm"] == 2
+    print(f"cascade on llama.cpp: usage {u}, dry run {counted}")
+    if u["reasks"] == 0:  # one request per report: the server's input tokens are exactly the dry run's count
+        assert u["prompt_tokens"] == counted["input_tokens"]
+    ok = [rid for rid in reports if rid not in {f.item for f in result.failures.failures}]
+    for rid in ok:
+        llm_findings = [f for f, by in result.decided_by[rid].items() if by == "llm"]
+        assert llm_findings and result.labels.loc[rid, llm_findings].isin([1, 0, -1]).all()
+        assert result.labels.loc[rid].notna().all()

@@ -30,7 +30,7 @@ def _check_complete(run: Path) -> dict:
     assert (run / "eval" / "zero_shot" / "roc_curves.png").is_file()
     assert (run / "config.yaml").is_file() and (run / "version.json").is_file()
     labels = (run / "labels" / "silver_rules_train.csv").read_text().splitlines()
-    assert labels[0].split(",")[1:] == list(FINDINGS)
+    assert labels[0].split(",")[1:] == [*FINDINGS, "report_status"]  # the labeller's status of each report
     for name in ("pretrain", "clip"):
         assert (run / name / "best" / "model.safetensors").is_file()
     return summary

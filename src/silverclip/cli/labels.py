@@ -1,7 +1,9 @@
 """``silverclip labels extract|evaluate|compare``: report labels, their quality, and disagreements.
 
-- ``extract``: reports CSV -> CT-RATE-format labels CSV (1/0/-1 kept), ``<stem>_probs.csv`` and
-  ``<stem>.evidence.jsonl`` next to it; backend ``rules`` (offline default) or ``llm``.
+- ``extract``: reports CSV -> CT-RATE-format labels CSV (1/0/-1 kept, + a ``report_status`` column),
+  ``<stem>_probs.csv`` and ``<stem>.evidence.jsonl`` next to it; backend ``rules`` (offline default),
+  ``keyword`` (patterns without negation, a baseline), ``llm`` or ``cascade`` (rules, then an LLM for
+  the findings they leave open).
 - ``evaluate``: predicted labels (+ probabilities) vs reference labels -> per-finding and macro
   prevalence, ROC AUC, F1, precision, recall as JSON and Markdown.
 - ``compare``: the reports where two label files disagree, with the deciding sentences.
@@ -14,6 +16,9 @@ import json
 import sys
 from pathlib import Path
 
+# = silverclip.labels.backends.backend_names() (kept literal: `silverclip --help` must not import pandas)
+BACKEND_CHOICES = ("rules", "keyword", "llm", "cascade")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,7 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("extract", help="label reports with the 18 findings (rules or LLM)")
     e.add_argument("--reports", required=True, type=Path, help="reports CSV (CT-RATE, manual-label or generic layout)")
-    e.add_argument("--backend", choices=("rules", "llm"), default="rules", help="labeller (default: rules, offline)")
+    e.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="rules",
+        help="labeller: rules (offline default), keyword (patterns without negation), llm, cascade (rules + LLM)",
+    )
     e.add_argument("--out", required=True, type=Path, help="labels CSV to write (CT-RATE format)")
     e.add_argument("--id-column", default=None, help="id column (default: VolumeName or AccessionNo)")
     e.add_argument(
@@ -32,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated text columns joined in order (default: Findings_EN,Impressions_EN or report_text)",
     )
     e.add_argument("--limit", type=int, default=None, help="label only the first N reports")
+    e.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="label empty and non-English reports too (default: left unlabelled, excluded from training)",
+    )
     e.add_argument("--no-progress", action="store_true")
     try:  # the LLM options belong to the LLM labeller (silverclip.cli.llm)
         from silverclip.cli.llm import add_llm_arguments
@@ -73,53 +88,115 @@ def _columns(arg: str | None) -> list[str] | None:
 
 def _extract(args: argparse.Namespace) -> int:
     from silverclip.io import check_output_file
+    from silverclip.labels.backends import LLM_BACKENDS, BackendOptions, label_reports
     from silverclip.labels.compare import evidence_path, probabilities_path, write_evidence
-    from silverclip.labels.reports_io import read_reports
+    from silverclip.labels.report_status import status_summary
+    from silverclip.labels.reports_io import read_reports, refuse_overwriting_inputs
     from silverclip.labels.table import write_labels
 
     check_output_file(args.out, "labels file")
+    uses_llm = args.backend in LLM_BACKENDS
+    fail_path = args.out.with_name(f"{args.out.stem}.failures.json")
+    outputs = {
+        "--out": args.out,
+        "probabilities": probabilities_path(args.out),
+        "evidence": evidence_path(args.out),
+        "failure list": fail_path,
+    }
+    cache = None
+    if uses_llm:
+        from silverclip.labels.llm_batch import state_path
+
+        cache = Path(args.llm_cache) if getattr(args, "llm_cache", None) else args.out.with_suffix(".llm_cache.sqlite")
+        outputs["--llm-cache"] = cache
+        outputs["batch state"] = state_path(cache)
+    elif getattr(args, "dry_run", False):
+        print(f"dry run: backend {args.backend} sends nothing to an LLM; nothing written")
+        return 0
+    try:
+        refuse_overwriting_inputs(outputs, {"--reports": args.reports})
+    except ValueError as e:
+        print(f"labels extract: error: {e}", file=sys.stderr)
+        return 2
     reports = read_reports(args.reports, args.id_column, _columns(args.text_columns))
     if args.limit is not None:
         reports = dict(list(reports.items())[: args.limit])
     progress = not args.no_progress
-    if args.backend == "rules":
-        from silverclip.labels.rules import RuleLabeler
-
-        result = RuleLabeler().label_reports(reports, progress=progress)
-    else:
+    options = BackendOptions(cache_path=cache, progress=progress)
+    if uses_llm:
         try:
-            from silverclip.cli.llm import llm_config_from_args
-            from silverclip.labels.llm import extract_labels_llm
+            from silverclip.cli.llm import cascade_config_from_args, llm_config_from_args
         except ImportError as e:
-            print(f"labels extract --backend llm: the LLM labeller is not available ({e})", file=sys.stderr)
+            print(f"labels extract --backend {args.backend}: the LLM labeller is not available ({e})", file=sys.stderr)
             return 2
-        cache = Path(args.llm_cache) if getattr(args, "llm_cache", None) else args.out.with_suffix(".llm_cache.sqlite")
         try:
-            result = extract_labels_llm(reports, llm_config_from_args(args), cache, progress=progress)
-        except (PermissionError, ValueError, RuntimeError) as e:  # privacy guard, bad config, endpoint refuses
-            print(f"labels extract --backend llm: {type(e).__name__}: {e}", file=sys.stderr)
-            print(f"answers received before the error are kept in {cache}; rerun to resume", file=sys.stderr)
+            options.llm = llm_config_from_args(args)
+            options.cascade = cascade_config_from_args(args) if args.backend == "cascade" else None
+        except ValueError as e:
+            print(f"labels extract --backend {args.backend}: error: {e}", file=sys.stderr)
             return 2
-    write_labels(result.labels, args.out)
+        if args.dry_run:
+            return _dry_run(args, reports, options)
+    try:
+        result = label_reports(args.backend, reports, options, include_flagged=args.include_flagged)
+    except (PermissionError, ValueError, RuntimeError) as e:  # privacy guard, bad config, endpoint refuses
+        if not uses_llm:
+            raise
+        print(
+            f"labels extract --backend {args.backend}: {type(e).__name__}: {_redacted(e, options.llm)}", file=sys.stderr
+        )
+        print(f"answers received before the error are kept in {cache}; rerun to resume", file=sys.stderr)
+        return 2
+    write_labels(result.labels, args.out, status=result.status)
     written = [str(args.out)]
     if result.probabilities is not None:
         write_labels(result.probabilities, probabilities_path(args.out), float_format="%.4f")
         written.append(str(probabilities_path(args.out)))
     if result.evidence:
-        write_evidence(evidence_path(args.out), result.evidence)
+        write_evidence(evidence_path(args.out), result.evidence, result.decided_by)
         written.append(str(evidence_path(args.out)))
     if len(result.failures):
-        fail_path = args.out.with_name(f"{args.out.stem}.failures.json")
         result.failures.write(fail_path)
         written.append(str(fail_path))
     labels = result.labels
     print(f"labelled {int(labels.notna().all(axis=1).sum())}/{len(labels)} reports with backend {args.backend}")
     print("positives per finding: " + ", ".join(f"{f}={int((labels[f] == 1).sum())}" for f in labels.columns))
+    summary = status_summary(result.status, args.include_flagged)
+    if summary:
+        print(summary)
     if result.usage:
         print("usage: " + json.dumps(result.usage, default=float))
     print("wrote " + ", ".join(written))
     result.failures.report()
     return result.failures.exit_code
+
+
+def _redacted(error: BaseException, config: object) -> str:
+    """The error text with the API key (from its variable) and base-URL credentials masked."""
+    import os
+
+    from silverclip.labels.redact import Redactor
+
+    return Redactor([os.environ.get(config.api_key_env)], [config.base_url])(error)
+
+
+def _dry_run(args: argparse.Namespace, reports: dict[str, str], options: object) -> int:
+    """``--dry-run``: the requests, tokens and cost of this run; nothing is sent and nothing written."""
+    from silverclip.labels.backends import plan_requests
+    from silverclip.labels.llm_cache import cached_keys
+    from silverclip.labels.llm_tokens import choose_counter, dry_run, format_dry_run
+
+    try:
+        jobs, counts = plan_requests(args.backend, reports, options, include_flagged=args.include_flagged)
+        done = cached_keys(options.cache_path, [j.key for j in jobs])
+        todo = [j for j in jobs if j.key not in done]
+        tokens = dry_run(todo, choose_counter(args.tokenizer, options.llm.model), options.llm.prices)
+    except ValueError as e:
+        print(f"labels extract --dry-run: error: {e}", file=sys.stderr)
+        return 2
+    print(format_dry_run(tokens, len(reports)))
+    print("dry run: " + json.dumps({**counts, "already_cached": len(done), **tokens}, default=float))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

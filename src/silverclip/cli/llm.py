@@ -17,7 +17,7 @@ _DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the LLM labeller's options (an argument group) to ``parser``. No option carries an API key."""
-    g = parser.add_argument_group("LLM labeller (--backend llm)")
+    g = parser.add_argument_group("LLM labeller (--backend llm or cascade)")
     g.add_argument(
         "--base-url",
         default=_DEFAULT_BASE_URL,
@@ -44,7 +44,15 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--request-timeout", type=float, default=120.0, metavar="S", help="per-request timeout (s)")
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--max-tokens", type=int, default=128, help="answer length limit (18 values need ~40 tokens)")
-    g.add_argument("--prompt-version", default="v1", help="prompt template resources/prompts/labels_<version>.yaml")
+    g.add_argument(
+        "--prompt",
+        "--prompt-version",
+        dest="prompt_version",
+        default="v1",
+        metavar="NAME",
+        help="prompt variant resources/prompts/labels_<NAME>.yaml: v1 (ours, findings with definitions; default) "
+        "or authors (the paper's short list of finding names)",
+    )
     g.add_argument("--no-logprobs", action="store_true", help="do not ask for token log-probs (no P(present) column)")
     g.add_argument("--top-logprobs", type=int, default=5, help="alternatives per token for P(present) (default 5)")
     g.add_argument(
@@ -58,8 +66,57 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="constrain the answer with a llama.cpp GBNF grammar (llama.cpp servers only)",
     )
-    g.add_argument("--price-input-per-m", type=float, default=None, metavar="USD", help="USD per 1M prompt tokens")
-    g.add_argument("--price-output-per-m", type=float, default=None, metavar="USD", help="USD per 1M completion tokens")
+    g.add_argument(
+        "--price-input-per-m", type=float, default=None, metavar="USD", help="USD per 1M uncached input tokens"
+    )
+    g.add_argument(
+        "--price-cached-input-per-m",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="USD per 1M cached input tokens (usage.prompt_tokens_details.cached_tokens; default: the uncached price)",
+    )
+    g.add_argument("--price-output-per-m", type=float, default=None, metavar="USD", help="USD per 1M output tokens")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count the requests, tokens and cost a run would send, send nothing, write nothing",
+    )
+    g.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="PATH",
+        help="for --dry-run: the model's tokenizer (a .gguf, a tokenizer.json or a tokenizer folder); default: "
+        "SmolLM2's (the local default model's own, a stand-in for others)",
+    )
+    g.add_argument(
+        "--batch",
+        action="store_true",
+        help="send through the endpoint's batch API (/v1/files + /v1/batches; discounted at OpenAI); resumable",
+    )
+    g.add_argument("--batch-poll-s", type=float, default=30.0, metavar="S", help="seconds between batch status checks")
+    g.add_argument(
+        "--batch-max-wait-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop waiting for a batch after S seconds (rerun to resume polling it; default: wait until it ends)",
+    )
+    g.add_argument(
+        "--cascade-open",
+        default="uncertain,weak",
+        metavar="STATES",
+        help="--backend cascade: rule states left to the LLM, of uncertain, weak, conflict, affirmed, negated, "
+        "unmentioned (default uncertain,weak)",
+    )
+    g.add_argument(
+        "--cascade-context",
+        choices=("report", "sentences"),
+        default="report",
+        help="--backend cascade: send the whole report (default) or only the sentences mentioning the open "
+        "findings with --cascade-neighbours sentences around them",
+    )
+    g.add_argument("--cascade-neighbours", type=int, default=1, metavar="N", help="sentences of context each side")
     g.add_argument(
         "--llm-cache",
         default=None,
@@ -70,9 +127,7 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
 
 def llm_config_from_args(args: argparse.Namespace):  # -> LLMConfig (import kept lazy)
     """Build an :class:`~silverclip.labels.llm.LLMConfig` from options added by :func:`add_llm_arguments`."""
-    from silverclip.findings import FINDINGS
     from silverclip.labels.llm import LLMConfig
-    from silverclip.labels.llm_prompt import labels_grammar
 
     return LLMConfig(
         base_url=args.base_url,
@@ -91,7 +146,22 @@ def llm_config_from_args(args: argparse.Namespace):  # -> LLMConfig (import kept
         uncertain_weight=args.uncertain_weight,
         price_input_per_m=args.price_input_per_m,
         price_output_per_m=args.price_output_per_m,
-        extra_body={"grammar": labels_grammar(len(FINDINGS))} if args.grammar else None,
+        price_cached_input_per_m=args.price_cached_input_per_m,
+        grammar=args.grammar,
+        batch=args.batch,
+        batch_poll_s=args.batch_poll_s,
+        batch_max_wait_s=args.batch_max_wait_s,
+    )
+
+
+def cascade_config_from_args(args: argparse.Namespace):  # -> CascadeConfig (import kept lazy)
+    """Build a :class:`~silverclip.labels.cascade.CascadeConfig` from the ``--cascade-*`` options."""
+    from silverclip.labels.cascade import CascadeConfig
+
+    return CascadeConfig(
+        open_statuses=tuple(s.strip() for s in args.cascade_open.split(",") if s.strip()),
+        context=args.cascade_context,
+        context_sentences=args.cascade_neighbours,
     )
 
 

@@ -1,7 +1,8 @@
 """Where two label tables disagree, with the sentences that decided each side, for human review.
 
 Evidence comes from the ``<labels stem>.evidence.jsonl`` file that ``silverclip labels extract``
-writes next to a labels CSV (one JSON object per line: ``{"id": ..., "evidence": {finding: [sentences]}}``).
+writes next to a labels CSV (one JSON object per line: ``{"id": ..., "evidence": {finding: [sentences]}}``,
+plus ``"decided_by": {finding: "rules" | "llm"}`` for the cascade).
 For a table without evidence (a manual or third-party file), the sentences of the report that
 mention the finding are shown instead (found with the rule labeller's patterns, whatever their
 negation status, and the vocabulary's synonyms).
@@ -36,11 +37,22 @@ def probabilities_path(labels_csv: str | Path) -> Path:
     return p.with_name(f"{p.stem}_probs.csv")
 
 
-def write_evidence(path: str | Path, evidence: dict[str, dict[str, list[str]]]) -> None:
-    """Write id -> finding -> sentences as JSON lines, atomically."""
+def write_evidence(
+    path: str | Path,
+    evidence: dict[str, dict[str, list[str]]],
+    decided_by: dict[str, dict[str, str]] | None = None,
+) -> None:
+    """Write id -> finding -> sentences as JSON lines, atomically.
+
+    ``decided_by`` (cascade: id -> finding -> ``rules``/``llm``) adds a ``decided_by`` object to each
+    line naming the labeller that decided every one of the 18 labels.
+    """
     with atomic_open(path, "w", encoding="utf-8") as f:
         for rid, ev in evidence.items():
-            f.write(json.dumps({"id": rid, "evidence": {k: v for k, v in ev.items() if v}}, ensure_ascii=False) + "\n")
+            record = {"id": rid, "evidence": {k: v for k, v in ev.items() if v}}
+            if decided_by is not None and rid in decided_by:
+                record["decided_by"] = decided_by[rid]
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def read_evidence(path: str | Path) -> dict[str, dict[str, list[str]]]:

@@ -1,14 +1,15 @@
 """Persistent answer cache of the LLM labeller: nothing lost, nothing paid twice.
 
-One SQLite file (WAL journal, ``synchronous=FULL``) with one row per finished report, keyed by
-``sha256(model, prompt id, sha256(report text))``. Each answer is committed the moment it arrives,
-so a run killed at any instant (SIGKILL, power cut after the commit) keeps every finished label,
-and the next run sends only the reports that have no row. Concurrent readers (a second process
-looking at progress) are fine under WAL.
+One SQLite file (WAL journal, ``synchronous=FULL``) with one row per finished request, keyed by
+``sha256(model, prompt id, sha256(text sent))`` (the cascade's prompt id names the findings asked).
+Each answer is committed the moment it arrives, so a run killed at any instant (SIGKILL, power cut
+after the commit) keeps every finished label, and the next run sends only the requests that have no
+row. Concurrent readers (a second process looking at progress) are fine under WAL.
 
-Stored per report: labels, P(present) (or NULL), the raw answer text, token usage of all the
-requests it took, and the number of requests. Never stored: the report text itself (only its
-hash) and anything from the request headers (API keys).
+Stored per request: labels, P(present) (or NULL), the raw answer text, token usage of all the
+requests it took (input, of which cached, and output), and the number of requests. A cache written
+before the cached-token column existed is upgraded in place (the column added, old rows 0).
+Never stored: the report text itself (only its hash) and anything from the request headers (API keys).
 
 Failed reports are not stored: they were not finished, so the next run tries them again.
 """
@@ -34,9 +35,14 @@ CREATE TABLE IF NOT EXISTS answers (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     requests INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    cached_prompt_tokens INTEGER NOT NULL DEFAULT 0
 )
 """
+_COLUMNS = (
+    "key, model, prompt_id, text_sha256, labels, probabilities, answer, prompt_tokens, completion_tokens, "
+    "requests, created, cached_prompt_tokens"
+)
 
 
 def text_sha256(text: str) -> str:
@@ -56,6 +62,7 @@ class CachedAnswer:
     prompt_tokens: int
     completion_tokens: int
     requests: int
+    cached_prompt_tokens: int = 0
 
 
 class AnswerCache:
@@ -73,6 +80,9 @@ class AnswerCache:
             # FULL: the commit is on disk when put() returns, not only safe against a process kill.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(answers)")}
+            if "cached_prompt_tokens" not in columns:
+                self._db.execute("ALTER TABLE answers ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0")
             self._db.commit()
         except sqlite3.DatabaseError as e:
             raise ValueError(f"{self.path}: not a usable LLM answer cache ({e})") from None
@@ -80,7 +90,7 @@ class AnswerCache:
     def get_many(self, keys: list[str]) -> dict[str, CachedAnswer]:
         """The cached answers among ``keys`` (absent keys are simply missing from the result)."""
         out: dict[str, CachedAnswer] = {}
-        cols = "key, labels, probabilities, answer, prompt_tokens, completion_tokens, requests"
+        cols = "key, labels, probabilities, answer, prompt_tokens, completion_tokens, requests, cached_prompt_tokens"
         for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
@@ -92,18 +102,19 @@ class AnswerCache:
                     prompt_tokens=row[4],
                     completion_tokens=row[5],
                     requests=row[6],
+                    cached_prompt_tokens=row[7],
                 )
         return out
 
-    def put(self, key: str, model: str, prompt_id: str, text: str, entry: CachedAnswer) -> None:
-        """Store one finished answer and commit at once (durable when this returns)."""
+    def put(self, key: str, model: str, prompt_id: str, text_hash: str, entry: CachedAnswer) -> None:
+        """Store one finished answer (``text_hash``: :func:`text_sha256` of what was sent) and commit at once."""
         self._db.execute(
-            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO answers ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 model,
                 prompt_id,
-                text_sha256(text),
+                text_hash,
                 json.dumps(entry.labels),
                 json.dumps(entry.probabilities) if entry.probabilities is not None else None,
                 entry.answer,
@@ -111,6 +122,7 @@ class AnswerCache:
                 entry.completion_tokens,
                 entry.requests,
                 time.time(),
+                entry.cached_prompt_tokens,
             ),
         )
         self._db.commit()
@@ -126,3 +138,25 @@ class AnswerCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def cached_keys(path: str | Path, keys: list[str]) -> set[str]:
+    """The ``keys`` that have an answer in the cache at ``path``, read-only (no file is created or changed)."""
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{path}: not a usable LLM answer cache ({e})") from None
+    try:
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in db.execute(f"SELECT key FROM answers WHERE key IN ({marks})", chunk))
+        return found
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{path}: not a usable LLM answer cache ({e})") from None
+    finally:
+        db.close()

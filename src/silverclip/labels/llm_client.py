@@ -9,7 +9,13 @@ llama.cpp (``silverclip llm serve``). The ``openai`` client's own retries are sw
 - a malformed answer: re-asked up to ``max_reasks`` times with a corrective message (the bad
   answer stays in the conversation so the model sees what was wrong);
 - HTTP 400/422: no retry (the same request would fail again), except once without log-probs if
-  the endpoint refuses them; HTTP 401/403/404 (bad key, no access, unknown model) stop the run.
+  the endpoint refuses them; HTTP 401/403/404 (bad key, no access, unknown model) stop the run;
+- a redirect (HTTP 3xx) is never followed: it stops the run with an error naming the Location.
+  Following it would re-send the report text to wherever the endpoint points, past the privacy
+  guard (a loopback server answering 307 to another host).
+
+Secrets (the API key, credentials in ``base_url``) are redacted from every message
+(:mod:`silverclip.labels.redact`), including an answer that echoes the key.
 """
 
 from __future__ import annotations
@@ -19,15 +25,20 @@ import ipaddress
 import os
 import random
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import openai
 
 from silverclip.labels.llm_cache import CachedAnswer
 from silverclip.labels.llm_parse import AnswerFormatError, TokenLogprob, parse_answer, present_probabilities
-from silverclip.labels.llm_prompt import LabelPrompt
+from silverclip.labels.llm_prompt import LabelPrompt, labels_grammar
+from silverclip.labels.llm_usage import Prices, UsageCounter, cached_tokens, prices_from
+from silverclip.labels.redact import Redactor, redact_url
 
+T = TypeVar("T")
 NO_KEY = "sk-no-key-required"  # local servers (llama.cpp, vLLM, Ollama) accept any key
 
 
@@ -42,10 +53,16 @@ class LLMConfig:
     max_reasks: corrective re-asks per report after a malformed answer.
     logprobs/top_logprobs: ask for token log-probabilities to derive P(present) per finding.
     uncertain_weight: how much of an "uncertain" answer counts as present in P(present).
-    price_*_per_m: USD per million prompt/completion tokens, for the cost estimate (None: no estimate).
+    prompt_version: prompt variant by name (``resources/prompts/labels_<name>.yaml``: ``v1``, ``authors``).
+    price_input_per_m / price_cached_input_per_m / price_output_per_m: USD per million uncached input,
+        cached input (None: as uncached) and output tokens, for the cost estimate (None: no estimate).
     backoff_base_s/backoff_max_s: first back-off delay and its cap.
-    extra_body: extra JSON fields sent with every request, e.g. ``{"grammar": labels_grammar(18)}``
-        to constrain a llama.cpp server's output to the answer format (never put secrets here).
+    grammar: send a llama.cpp GBNF grammar of the expected answer (as many values as findings asked).
+    extra_body: extra JSON fields sent with every request (never put secrets here).
+    batch: send through the endpoint's batch API (``/v1/files`` + ``/v1/batches``) instead of one
+        request at a time; ``batch_poll_s`` between status checks, ``batch_window`` the completion
+        window asked for, ``batch_max_wait_s`` how long one run waits (None: until the batch ends;
+        a rerun resumes polling the same batch).
     """
 
     base_url: str = "http://127.0.0.1:8000/v1"
@@ -64,9 +81,15 @@ class LLMConfig:
     uncertain_weight: float = 0.5
     price_input_per_m: float | None = None
     price_output_per_m: float | None = None
+    price_cached_input_per_m: float | None = None
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    grammar: bool = False
     extra_body: dict | None = None
+    batch: bool = False
+    batch_poll_s: float = 30.0
+    batch_window: str = "24h"
+    batch_max_wait_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -80,6 +103,17 @@ class LLMConfig:
             raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
         if not 0 <= self.top_logprobs <= 20:
             raise ValueError(f"top_logprobs must lie in [0, 20] (OpenAI's limit), got {self.top_logprobs}")
+        if self.batch_poll_s <= 0:
+            raise ValueError(f"batch_poll_s must be > 0, got {self.batch_poll_s}")
+
+    @property
+    def prices(self) -> Prices | None:
+        return prices_from(self.price_input_per_m, self.price_output_per_m, self.price_cached_input_per_m)
+
+    @property
+    def shown_url(self) -> str:
+        """``base_url`` as it may appear in messages and files (credentials replaced by ``***``)."""
+        return redact_url(self.base_url)
 
 
 class RemoteEndpointError(PermissionError):
@@ -120,7 +154,7 @@ def check_endpoint(base_url: str | None, allow_remote: bool) -> None:
     """Privacy guard: raise RemoteEndpointError unless ``base_url`` is loopback or ``allow_remote``."""
     if not is_loopback_url(base_url) and not allow_remote:
         raise RemoteEndpointError(
-            f"refusing to send report text to the non-loopback endpoint {base_url!r}: reports may contain "
+            f"refusing to send report text to the non-loopback endpoint {redact_url(base_url)!r}: reports may contain "
             "patient information. Pass --allow-remote-endpoint (LLMConfig.allow_remote=True) if this endpoint "
             "is allowed to receive them."
         )
@@ -137,18 +171,23 @@ def resolve_api_key(config: LLMConfig) -> str:
         return key
     if is_loopback_url(config.base_url):
         return NO_KEY
-    raise ValueError(f"no API key: set the environment variable {config.api_key_env} for {config.base_url}")
+    raise ValueError(f"no API key: set the environment variable {config.api_key_env} for {config.shown_url}")
 
 
 def make_client(config: LLMConfig, api_key: str, transport: object | None = None) -> openai.AsyncOpenAI:
-    """An AsyncOpenAI client with retries off (ours apply) and, for loopback, proxies from the env ignored.
+    """An AsyncOpenAI client with retries off (ours apply), redirects never followed and, for loopback,
+    proxies from the environment ignored.
 
     Why ``trust_env=False`` for loopback: with HTTP(S)_PROXY set, httpx would route even a
     127.0.0.1 request through the proxy, sending report text off the machine behind the guard's back.
-    ``transport`` (an httpx transport of the client's own httpx flavour) is for tests only.
+    Why ``follow_redirects=False`` (the openai client's default is True): a redirect would re-send the
+    request body (report text) to another host. ``transport`` (an httpx transport of the client's own
+    httpx flavour) is for tests only.
     """
     kwargs = {"transport": transport} if transport is not None else {}
-    http_client = openai.DefaultAsyncHttpxClient(trust_env=not is_loopback_url(config.base_url), **kwargs)
+    http_client = openai.DefaultAsyncHttpxClient(
+        trust_env=not is_loopback_url(config.base_url), follow_redirects=False, **kwargs
+    )
     return openai.AsyncOpenAI(
         base_url=config.base_url,
         api_key=api_key,
@@ -168,22 +207,17 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
     return d / 2 + rng.random() * d / 2
 
 
-@dataclass
-class UsageCounter:
-    """Counters of one run, across all requests (including retries and re-asks, which are paid too)."""
-
-    requests: int = 0
-    retries: int = 0
-    reasks: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    responses_without_usage: int = 0
-
-
-def _redact(message: str, secret: str) -> str:
-    if secret and secret != NO_KEY:
-        message = message.replace(secret, "***")
-    return message
+def redirect_error(config: LLMConfig, err: openai.APIStatusError, redact: Redactor) -> FatalEndpointError:
+    """The error that stops a run whose endpoint answered with a redirect (never followed)."""
+    try:
+        location = err.response.headers.get("location") or "(no Location header)"
+    except AttributeError:
+        location = "(no Location header)"
+    return FatalEndpointError(
+        f"{config.shown_url} answered HTTP {err.status_code} redirecting to {redact(redact_url(location))!r}; "
+        "redirects are never followed (they would re-send report text elsewhere): point --base-url at the "
+        "final address yourself if it is allowed to receive the reports"
+    )
 
 
 def _retry_after_s(err: openai.APIStatusError) -> float | None:
@@ -203,109 +237,162 @@ def _token_logprobs(choice: object) -> list[TokenLogprob] | None:
     ]
 
 
+class BadRequest(ReportFailed):
+    """HTTP 400/422: the same request would fail again (not retried)."""
+
+
+async def call_with_retries(
+    call: Callable[[], Awaitable[T]],
+    config: LLMConfig,
+    redact: Redactor,
+    rng: random.Random,
+    usage: UsageCounter | None = None,
+) -> T:
+    """``await call()`` under the retry policy of the module docstring (every try counted in ``usage``).
+
+    Raises FatalEndpointError (401/403/404, a redirect), BadRequest (400/422) or ReportFailed
+    (another 4xx, or transient errors on every try); messages are redacted.
+    """
+    attempt = 0
+    while True:
+        if usage is not None:
+            usage.requests += 1
+        try:
+            return await call()
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+            # The body may echo part of the key (OpenAI: "Incorrect API key provided: sk-ab***"): not shown.
+            raise FatalEndpointError(
+                f"{config.shown_url} refused the request with HTTP {e.status_code} ({type(e).__name__}); check "
+                f"the model name {config.model!r} and the key in ${config.api_key_env}"
+            ) from None
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+            raise BadRequest(f"HTTP {e.status_code}: {redact(e)[:300]}") from None
+        except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
+            status = getattr(e, "status_code", None)
+            if status is not None and 300 <= status < 400:
+                raise redirect_error(config, e, redact) from None
+            retriable = status is None or status in (408, 409, 429) or status >= 500
+            what = f"HTTP {status}" if status is not None else type(e).__name__
+            if not retriable:
+                raise ReportFailed(f"{what}: {redact(e)[:300]}") from None
+            if attempt >= config.max_retries:
+                raise ReportFailed(f"{what} on all {attempt + 1} tries") from None
+            delay = backoff_delay(attempt, config.backoff_base_s, config.backoff_max_s, rng)
+            if isinstance(e, openai.APIStatusError):
+                hinted = _retry_after_s(e)
+                if hinted is not None:
+                    delay = max(delay, min(hinted, config.backoff_max_s))
+            attempt += 1
+            if usage is not None:
+                usage.retries += 1
+            await asyncio.sleep(delay)
+
+
 class ReportLabeler:
     """Labels one report at a time through ``client``; shared by all concurrent tasks of a run."""
 
-    def __init__(self, config: LLMConfig, prompt: LabelPrompt, client: openai.AsyncOpenAI, api_key: str):
+    def __init__(self, config: LLMConfig, prompt: LabelPrompt, client: openai.AsyncOpenAI, redact: Redactor):
         self.config = config
         self.prompt = prompt
         self.client = client
         self.usage = UsageCounter()
-        self._secret = api_key
+        self.redact = redact
         self._rng = random.Random()
         self._logprobs = config.logprobs and config.top_logprobs > 0
 
-    async def _request(self, messages: list[dict[str, str]]) -> object:
+    async def _request(self, messages: list[dict[str, str]], n_values: int) -> object:
         cfg = self.config
-        attempt = 0
         while True:
             kwargs: dict[str, object] = {}
             if self._logprobs:
                 kwargs = {"logprobs": True, "top_logprobs": cfg.top_logprobs}
-            if cfg.extra_body:
-                kwargs["extra_body"] = cfg.extra_body
-            self.usage.requests += 1
-            try:
-                response = await self.client.chat.completions.create(
-                    model=cfg.model,
-                    messages=messages,
-                    temperature=cfg.temperature,
-                    max_tokens=cfg.max_tokens,
-                    **kwargs,
+            body = request_extra_body(cfg, n_values)
+            if body:
+                kwargs["extra_body"] = body
+
+            def call(kwargs: dict[str, object] = kwargs) -> Awaitable[object]:
+                return self.client.chat.completions.create(
+                    model=cfg.model, messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens, **kwargs
                 )
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                # The body may echo part of the key (OpenAI: "Incorrect API key provided: sk-ab***"): not shown.
-                raise FatalEndpointError(
-                    f"{cfg.base_url} refused the request with HTTP {e.status_code} ({type(e).__name__}); check "
-                    f"the model name {cfg.model!r} and the key in ${cfg.api_key_env}"
-                ) from None
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+
+            try:
+                response = await call_with_retries(call, cfg, self.redact, self._rng, self.usage)
+            except BadRequest as e:
                 if self._logprobs and "logprob" in str(e).lower():
                     self._logprobs = False  # this endpoint does not do log-probs: labels only, from now on
                     continue
-                raise ReportFailed(f"HTTP {e.status_code}: {_redact(str(e), self._secret)[:300]}") from None
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
-                status = getattr(e, "status_code", None)
-                retriable = status is None or status in (408, 409, 429) or status >= 500
-                what = f"HTTP {status}" if status is not None else type(e).__name__
-                if not retriable:
-                    raise ReportFailed(f"{what}: {_redact(str(e), self._secret)[:300]}") from None
-                if attempt >= cfg.max_retries:
-                    raise ReportFailed(f"{what} on all {attempt + 1} tries") from None
-                delay = backoff_delay(attempt, cfg.backoff_base_s, cfg.backoff_max_s, self._rng)
-                if isinstance(e, openai.APIStatusError):
-                    hinted = _retry_after_s(e)
-                    if hinted is not None:
-                        delay = max(delay, min(hinted, cfg.backoff_max_s))
-                attempt += 1
-                self.usage.retries += 1
-                await asyncio.sleep(delay)
-                continue
-            usage = getattr(response, "usage", None)
-            if usage is None:
-                self.usage.responses_without_usage += 1
-            else:
-                self.usage.prompt_tokens += usage.prompt_tokens or 0
-                self.usage.completion_tokens += usage.completion_tokens or 0
+                raise
+            self.usage.add_response(getattr(response, "usage", None))
             return response
 
-    async def label(self, report: str) -> CachedAnswer:
-        """Labels (and P(present) where log-probs came back) for one report; raises ReportFailed."""
-        messages = self.prompt.messages(report)
-        prompt_tokens = completion_tokens = requests = 0
+    async def label(self, messages: list[dict[str, str]], n_values: int) -> CachedAnswer:
+        """Labels (and P(present) where log-probs came back) for one request of ``n_values`` values.
+
+        Raises ReportFailed (recorded, retried by a later run) or FatalEndpointError (stops the run).
+        """
+        prompt_tokens = cached = completion_tokens = requests = 0
         for ask in range(self.config.max_reasks + 1):
             before = self.usage.requests
-            response = await self._request(messages)
+            response = await self._request(messages, n_values)
             requests += self.usage.requests - before
             usage = getattr(response, "usage", None)
             if usage is not None:
                 prompt_tokens += usage.prompt_tokens or 0
+                cached += cached_tokens(usage)
                 completion_tokens += usage.completion_tokens or 0
-            if not response.choices:
-                raise ReportFailed("the endpoint returned no choices")
-            choice = response.choices[0]
-            content = choice.message.content
             try:
-                parsed = parse_answer(content, self.prompt.n_findings)
+                answer = answer_from_choice(response, n_values, self.config.uncertain_weight, self.redact)
             except AnswerFormatError as e:
+                content = _content(response)
                 if ask == self.config.max_reasks:
-                    shown = (content or "")[:200]
-                    raise ReportFailed(f"malformed answer after {ask + 1} asks ({e}); last answer: {shown!r}") from None
+                    shown = self.redact(content or "")[:200]  # an endpoint may echo the key: never stored
+                    raise ReportFailed(
+                        f"malformed answer after {ask + 1} asks ({self.redact(e)}); last answer: {shown!r}"
+                    ) from None
                 self.usage.reasks += 1
                 messages = [
                     *messages,
                     {"role": "assistant", "content": content or ""},
-                    {"role": "user", "content": self.prompt.reask(str(e))},
+                    {"role": "user", "content": self.prompt.reask(str(e), n_values)},
                 ]
                 continue
-            tokens = _token_logprobs(choice)
-            probs = present_probabilities(content, parsed, tokens, self.config.uncertain_weight) if tokens else None
             return CachedAnswer(
-                labels=list(parsed.labels),
-                probabilities=probs,
-                answer=content,
+                labels=answer.labels,
+                probabilities=answer.probabilities,
+                answer=answer.answer,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 requests=requests,
+                cached_prompt_tokens=cached,
             )
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def request_extra_body(config: LLMConfig, n_values: int) -> dict | None:
+    """The extra JSON fields of one request: ``config.extra_body`` plus the answer grammar if asked for."""
+    body = dict(config.extra_body or {})
+    if config.grammar:
+        body["grammar"] = labels_grammar(n_values)
+    return body or None
+
+
+def _content(response: object) -> str | None:
+    choices = getattr(response, "choices", None) or []
+    return getattr(getattr(choices[0], "message", None), "content", None) if choices else None
+
+
+def answer_from_choice(response: object, n_values: int, uncertain_weight: float, redact: Redactor) -> CachedAnswer:
+    """Parse a chat completion (object from the client, or from a batch output line) into labels + P(present).
+
+    Raises AnswerFormatError for a malformed answer or ReportFailed when there is no answer at all.
+    Token counts are left 0 (the caller adds them).
+    """
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise ReportFailed("the endpoint returned no choices")
+    choice = choices[0]
+    content = getattr(getattr(choice, "message", None), "content", None)
+    parsed = parse_answer(content, n_values)
+    tokens = _token_logprobs(choice)
+    probs = present_probabilities(content, parsed, tokens, uncertain_weight) if tokens else None
+    return CachedAnswer(list(parsed.labels), probs, redact(content), 0, 0, 0)

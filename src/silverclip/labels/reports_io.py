@@ -13,6 +13,7 @@ CSVs in CT-RATE's format); evaluation normalises them with :func:`silverclip.lab
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -63,3 +64,33 @@ def read_reports(
     for p in parts[1:]:
         texts = texts.str.cat(p, sep="\n\n").str.strip()
     return dict(zip(ids.tolist(), texts.tolist(), strict=True))
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when ``a`` and ``b`` name one file: equal after resolving symlinks and ``..``, or hard links."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(outputs: dict[str, str | Path], inputs: dict[str, str | Path]) -> None:
+    """Raise ValueError when any output path is (the same file as) an input, or two outputs coincide.
+
+    ``outputs``/``inputs`` map a name for the message (``--out``, ``--reports``) to a path.
+    """
+    for out_name, out in outputs.items():
+        for in_name, inp in inputs.items():
+            if same_file(out, inp):
+                raise ValueError(
+                    f"the {out_name} file {out} is the {in_name} file {inp}: refusing to overwrite an input; "
+                    "choose another --out"
+                )
+    names = list(outputs)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if same_file(outputs[a], outputs[b]):
+                raise ValueError(f"the {a} and {b} outputs would both be {outputs[a]}; choose another path")

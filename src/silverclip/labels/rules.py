@@ -16,7 +16,7 @@ assertion status with ConText-style cues (:mod:`silverclip.labels.context`); agg
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -134,41 +134,70 @@ class RuleLabeler:
                 yield Mention(finding, status, sentence.text, clause.text, clause.text[span[0] : span[1]])
                 break  # one mention per finding and clause: the first rule that fires decides
 
-    def label(self, text: str) -> tuple[dict[str, int], dict[str, float], dict[str, list[str]]]:
-        """Labels (1/0/-1), scores in [0, 1] and evidence sentences for each of the 18 findings."""
+    def mentions_by_finding(self, text: str) -> dict[str, list[Mention]]:
+        """finding -> its mentions in ``text`` (reading order), for all 18 findings (empty list: not mentioned)."""
         by_finding: dict[str, list[Mention]] = {f: [] for f in FINDINGS}
         for m in self.mentions(text):
             by_finding[m.finding].append(m)
-        labels, scores, evidence = {}, {}, {}
-        for finding, ms in by_finding.items():
-            statuses = [m.status for m in ms]
-            decisive = next((s for s in STATUS_ORDER if s in statuses), None)
-            labels[finding] = LABEL_OF_STATUS.get(decisive, 0)
-            n = statuses.count(decisive) if decisive else 0
-            bonus = SCORE_BONUS.get(decisive, 0.0) * (1.0 - 0.5 ** max(n - 1, 0))
-            scores[finding] = round(SCORE_BASE[decisive] + bonus, 4)
-            evidence[finding] = list(dict.fromkeys(m.sentence for m in ms if m.status == decisive))
-        return labels, scores, evidence
+        return by_finding
+
+    def label(self, text: str) -> tuple[dict[str, int], dict[str, float], dict[str, list[str]]]:
+        """Labels (1/0/-1), scores in [0, 1] and evidence sentences for each of the 18 findings."""
+        return aggregate(self.mentions_by_finding(text))
 
     def label_reports(self, reports: dict[str, str], progress: bool = False) -> LabelingResult:
         """Label many reports: id -> text. Returns a :class:`LabelingResult` with probabilities = scores."""
-        from tqdm.auto import tqdm
+        return label_each(self.label, reports, "rules", progress)
 
-        labels, scores, evidence = {}, {}, {}
-        result = LabelingResult(labels=pd.DataFrame())
-        for rid, text in tqdm(reports.items(), desc="rules", disable=not progress, unit="report"):
-            try:
-                labels[rid], scores[rid], evidence[rid] = self.label(text if isinstance(text, str) else "")
-            except Exception as e:  # one bad report must not stop the batch
-                result.failures.add(rid, "", e)
-        ids = list(reports)
-        result.labels = pd.DataFrame.from_dict(labels, orient="index").reindex(index=ids, columns=list(FINDINGS))
-        result.probabilities = (
-            pd.DataFrame.from_dict(scores, orient="index").reindex(index=ids, columns=list(FINDINGS)).astype(float)
-        )
-        result.evidence = evidence
-        result.usage = {"reports": float(len(labels))}
-        return result
+
+def decisive_status(mentions: list[Mention]) -> str | None:
+    """The status that decides a finding's label: the strongest in :data:`STATUS_ORDER` (None: not mentioned)."""
+    statuses = {m.status for m in mentions}
+    return next((s for s in STATUS_ORDER if s in statuses), None)
+
+
+def aggregate(
+    by_finding: dict[str, list[Mention]],
+) -> tuple[dict[str, int], dict[str, float], dict[str, list[str]]]:
+    """Labels, scores and evidence sentences from each finding's mentions (see the module docstring)."""
+    labels, scores, evidence = {}, {}, {}
+    for finding, ms in by_finding.items():
+        decisive = decisive_status(ms)
+        labels[finding] = LABEL_OF_STATUS.get(decisive, 0)
+        n = sum(m.status == decisive for m in ms) if decisive else 0
+        bonus = SCORE_BONUS.get(decisive, 0.0) * (1.0 - 0.5 ** max(n - 1, 0))
+        scores[finding] = round(SCORE_BASE[decisive] + bonus, 4)
+        evidence[finding] = list(dict.fromkeys(m.sentence for m in ms if m.status == decisive))
+    return labels, scores, evidence
+
+
+def label_each(
+    label: Callable[[str], tuple[dict[str, int], dict[str, float], dict[str, list[str]]]],
+    reports: dict[str, str],
+    desc: str,
+    progress: bool = False,
+) -> LabelingResult:
+    """Run a per-report ``label(text) -> (labels, scores, evidence)`` over ``reports`` (id -> text).
+
+    One report that raises is recorded in ``failures`` (NaN row), never stops the batch.
+    """
+    from tqdm.auto import tqdm
+
+    labels, scores, evidence = {}, {}, {}
+    result = LabelingResult(labels=pd.DataFrame())
+    for rid, text in tqdm(reports.items(), desc=desc, disable=not progress, unit="report"):
+        try:
+            labels[rid], scores[rid], evidence[rid] = label(text if isinstance(text, str) else "")
+        except Exception as e:  # one bad report must not stop the batch
+            result.failures.add(rid, "", e)
+    ids = list(reports)
+    result.labels = pd.DataFrame.from_dict(labels, orient="index").reindex(index=ids, columns=list(FINDINGS))
+    result.probabilities = (
+        pd.DataFrame.from_dict(scores, orient="index").reindex(index=ids, columns=list(FINDINGS)).astype(float)
+    )
+    result.evidence = evidence
+    result.usage = {"reports": float(len(labels))}
+    return result
 
 
 def _normalise(text: str) -> str:

@@ -76,15 +76,25 @@ def read_labels(path: str | Path, allow_uncertain: bool = True) -> pd.DataFrame:
 
 
 def write_labels(
-    df: pd.DataFrame, path: str | Path, id_column: str = ID_COLUMN, float_format: str | None = None
+    df: pd.DataFrame,
+    path: str | Path,
+    id_column: str = ID_COLUMN,
+    float_format: str | None = None,
+    status: pd.Series | None = None,
 ) -> None:
-    """Write a frame (indexed by id, columns = the 18 findings) as a CT-RATE-format CSV, atomically."""
+    """Write a frame (indexed by id, columns = the 18 findings) as a CT-RATE-format CSV, atomically.
+
+    ``status`` (id -> ``ok``/``empty``/``not_english``/``failed``, see :mod:`silverclip.labels.report_status`)
+    is appended as a last ``report_status`` column; readers of the 18 finding columns ignore it.
+    """
     missing = [f for f in FINDINGS if f not in df.columns]
     if missing:
         raise ValueError(f"cannot write {path}: missing finding column(s) {missing}")
     out = df[list(FINDINGS)].copy()
     if float_format is None:
         out = out.astype("Int64")  # labels: keep 1/0/-1 as integers, NaN as empty
+    if status is not None:
+        out[status.name or "report_status"] = status.reindex(out.index).to_numpy()
     out.index.name = id_column
     atomic_to_csv(out.reset_index(), path, float_format=float_format)
 
@@ -117,7 +127,11 @@ class LabelingResult:
         the report could not be labelled; those ids are also in ``failures``).
     probabilities: same layout with P(present) in [0, 1] where the backend gives one, else None.
     evidence: id -> finding -> the sentence(s) that decided the label (for review), where available.
+    failures: the reports that could not be labelled, with the reason.
     usage: counters such as prompt/completion tokens, requests, cache hits, cost.
+    decided_by: id -> finding -> which labeller decided the label (``rules``/``llm``; cascade only).
+    status: id -> report status (``ok``, ``empty``, ``not_english``, ``failed``), set by
+        :func:`silverclip.labels.backends.label_reports`.
     """
 
     labels: pd.DataFrame
@@ -125,3 +139,5 @@ class LabelingResult:
     evidence: dict[str, dict[str, list[str]]] | None = None
     failures: FailureLog = field(default_factory=lambda: FailureLog("labels"))
     usage: dict[str, float] = field(default_factory=dict)
+    decided_by: dict[str, dict[str, str]] | None = None
+    status: pd.Series | None = None

@@ -50,17 +50,37 @@ class PreprocessStageConfig:
 class LabelsStageConfig:
     """Silver labels for pre-training.
 
-    backend: ``rules`` (offline rule labeller), ``llm`` (an OpenAI-compatible endpoint, options in ``llm``:
-        base_url, model, allow_remote, concurrency, ... as :class:`silverclip.labels.llm_client.LLMConfig`)
-        or ``gold`` (the dataset's own labels: the supervised upper bound).
+    backend: ``rules`` (offline rule labeller), ``keyword`` (the rules' patterns without negation: a
+        weak-labelling baseline), ``llm`` (an OpenAI-compatible endpoint, options in ``llm``: base_url,
+        model, allow_remote, concurrency, ... as :class:`silverclip.labels.llm_client.LLMConfig`),
+        ``cascade`` (rules first, the ``llm`` endpoint only for the findings they leave open; options in
+        ``cascade`` as :class:`silverclip.labels.cascade.CascadeConfig`) or ``gold`` (the dataset's own
+        labels: the supervised upper bound).
+    include_flagged: also label empty and non-English reports (by default they stay unlabelled: masked).
     """
 
-    backend: Literal["rules", "llm", "gold"] = "rules"
+    backend: Literal["rules", "keyword", "llm", "cascade", "gold"] = "rules"
     llm: dict[str, Any] = field(default_factory=dict)
+    cascade: dict[str, Any] = field(default_factory=dict)
+    include_flagged: bool = False
 
     def validate(self) -> None:
-        if self.backend == "llm" and not self.llm.get("base_url"):
-            raise ConfigError("labels.llm.base_url is required when labels.backend is llm")
+        if self.backend in ("llm", "cascade") and not self.llm.get("base_url"):
+            raise ConfigError(f"labels.llm.base_url is required when labels.backend is {self.backend}")
+        if "@" in str(self.llm.get("base_url", "")).split("//", 1)[-1].split("/", 1)[0]:
+            # The resolved config is saved in the run folder: credentials there would be written to disk.
+            raise ConfigError(
+                "labels.llm.base_url must not carry credentials (user:key@host): the config is saved in the run "
+                "folder; give the key through the environment variable named by labels.llm.api_key_env"
+            )
+        if self.cascade:
+            from silverclip.config import config_from_dict
+            from silverclip.labels.cascade import CascadeConfig
+
+            try:
+                config_from_dict(CascadeConfig, self.cascade)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"labels.cascade: {e}") from None
 
 
 @dataclass

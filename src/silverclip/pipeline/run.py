@@ -51,6 +51,17 @@ def _reports(manifest: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def _labels_fingerprint(cfg: Any) -> dict[str, Any]:
+    """The labels section as the stage fingerprint sees it: options added later count only when set, so run
+    folders completed before they existed are still recognised as complete."""
+    out: dict[str, Any] = {"backend": cfg.backend, "llm": cfg.llm}
+    if cfg.cascade:
+        out["cascade"] = cfg.cascade
+    if cfg.include_flagged:
+        out["include_flagged"] = True
+    return out
+
+
 def _gold(manifest: pd.DataFrame) -> pd.DataFrame | None:
     if not all(f in manifest.columns for f in FINDINGS):
         return None
@@ -150,23 +161,31 @@ class Pipeline:
                     raise RuntimeError("labels.backend is gold but the training manifest has no labels")
                 return {"labels": data["gold_train"], "backend": "gold"}
             reports = _reports(train)
-            if backend == "rules":
-                from silverclip.labels.rules import RuleLabeler
+            from silverclip.labels.backends import LLM_BACKENDS, BackendOptions, label_reports
+            from silverclip.labels.report_status import status_summary
 
-                result = RuleLabeler().label_reports(reports, progress=self.cfg.progress)
-            else:
-                from silverclip.labels.llm import LLMConfig, extract_labels_llm
+            options = BackendOptions(progress=self.cfg.progress)
+            if backend in LLM_BACKENDS:
+                from silverclip.labels.cascade import CascadeConfig
+                from silverclip.labels.llm import LLMConfig
 
-                llm_cfg = config_from_dict(LLMConfig, self.cfg.labels.llm)
-                result = extract_labels_llm(reports, llm_cfg, out_dir / "llm_cache.sqlite", progress=self.cfg.progress)
+                options.llm = config_from_dict(LLMConfig, self.cfg.labels.llm)
+                options.cascade = config_from_dict(CascadeConfig, self.cfg.labels.cascade)
+                options.cache_path = out_dir / "llm_cache.sqlite"
+            result = label_reports(backend, reports, options, include_flagged=self.cfg.labels.include_flagged)
             labels_csv = out_dir / f"silver_{backend}_train.csv"
-            write_labels(result.labels, labels_csv)
+            # Flagged (empty, non-English) and failed reports are empty rows: masked in pre-training's loss.
+            write_labels(result.labels, labels_csv, status=result.status)
             if result.probabilities is not None:
                 write_labels(result.probabilities, probabilities_path(labels_csv), float_format="%.4f")
             if result.evidence:
-                write_evidence(out_dir / f"silver_{backend}_train.evidence.jsonl", result.evidence)
+                write_evidence(out_dir / f"silver_{backend}_train.evidence.jsonl", result.evidence, result.decided_by)
+            summary = status_summary(result.status, self.cfg.labels.include_flagged)
+            if summary:
+                log.warning("labels (%s): %s", backend, summary)
             result.failures.report()
             outputs: dict[str, Any] = {"labels": str(labels_csv), "backend": backend, "usage": result.usage}
+            outputs["flagged_reports"] = int(result.usage.get("flagged", 0))
             if "gold_train" in data:
                 from silverclip.labels.table import read_labels
 
@@ -182,7 +201,7 @@ class Pipeline:
                 outputs["quality"] = {k: quality["macro"][k] for k in ("auc", "f1") if k in quality["macro"]}
             return outputs
 
-        return self.runner.run(name, build, config=(backend, self.cfg.labels))
+        return self.runner.run(name, build, config=(backend, _labels_fingerprint(self.cfg.labels)))
 
     # ---------------------------------------------------------------- training
     def pretrain_config(self, cache: str, labels: str, val_labels: str | None, out: Path, seed: int) -> Any:
