@@ -91,6 +91,9 @@ class EvaluateStageConfig:
         embeddings, never on the evaluated split; 0 = fixed 0.5 thresholds.
     min_positives: a finding with fewer positive (or negative) volumes in the evaluated split is reported
         as not estimable and left out of the mean AUC.
+    compare_template_sets: zero-shot is also scored with these prompt sets (``resources/prompts.yaml``) and
+        shown next to the main one (``template_set``, default CT-CLIP's pair: the field's protocol), because
+        zero-shot numbers move with the prompt wording.
     """
 
     mode: Literal["default", "ctclip-compatible"] = "default"
@@ -99,6 +102,7 @@ class EvaluateStageConfig:
     threshold_volumes: int = 300
     n_boot: int = 200
     min_positives: int = 10
+    compare_template_sets: list[str] = field(default_factory=lambda: ["ctrate"])
     recall_mode: Literal["per-volume", "per-scan"] = "per-volume"
     exclude: Literal["none", "self", "scan"] = "none"
     batch_size: int = 4

@@ -377,6 +377,24 @@ class Pipeline:
                 seed=self.cfg.seed,
                 min_positives=ecfg.min_positives,
             )
+            others = {}
+            for name in ecfg.compare_template_sets:
+                if name == zs["template_set"]:
+                    continue
+                other = evaluate_zero_shot(
+                    emb["valid"],
+                    gold_valid,
+                    out / f"zero_shot_{name}",
+                    val_embeddings=emb.get("threshold"),
+                    val_labels=data.get("gold_train") if "threshold" in emb else None,
+                    mode=ecfg.mode,
+                    template_set=name,
+                    threshold_method=ecfg.threshold_method,
+                    n_boot=ecfg.n_boot,
+                    seed=self.cfg.seed,
+                    min_positives=ecfg.min_positives,
+                )
+                others[name] = headline_zero_shot(other)
             rt = evaluate_retrieval(
                 emb["valid"],
                 gold_valid,
@@ -384,7 +402,12 @@ class Pipeline:
                 exclude=ecfg.exclude,
                 recall_mode=ecfg.recall_mode,
             )
-            return {"zero_shot": headline_zero_shot(zs), "retrieval": headline_retrieval(rt), "dir": str(out)}
+            headline = headline_zero_shot(zs)
+            if others:
+                headline["other_template_sets"] = {
+                    k: {"auc": v["auc"], "auc_ci": v.get("auc_ci")} for k, v in others.items()
+                }
+            return {"zero_shot": headline, "retrieval": headline_retrieval(rt), "dir": str(out)}
 
         return (runner or self.runner).run("evaluate", build, config=(emb, ecfg))
 
@@ -528,6 +551,7 @@ def headline_zero_shot(results: dict[str, Any]) -> dict[str, Any]:
     if "mean/auc" in boot.get("lower", {}):
         out["auc_ci"] = [boot["lower"]["mean/auc"], boot["upper"]["mean/auc"]]
     out["n_volumes"] = results.get("n_volumes")
+    out["template_set"] = results.get("template_set")
     out["n_findings"] = int(mean.get("n_findings", len(results["findings"])))
     out["not_estimable"] = list(results.get("not_estimable") or [])
     out["per_finding_auc"] = {n: results["metrics"][n]["auc"] for n in results["findings"]}

@@ -20,9 +20,17 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     ci_txt = f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else ""
     n_f = zs.get("n_findings")
     over = f" over {n_f} estimable findings" if n_f is not None else ""
+    prompts = f" (`{zs['template_set']}` prompts)" if zs.get("template_set") else ""
     lines = [
-        f"zero-shot mean AUC {_f(zs.get('auc'))}{ci_txt}{over}, F1 {_f(zs.get('f1'))} on {zs.get('n_volumes')} volumes"
+        f"zero-shot mean AUC{prompts} {_f(zs.get('auc'))}{ci_txt}{over}, F1 {_f(zs.get('f1'))} "
+        f"on {zs.get('n_volumes')} volumes"
     ]
+    for name, other in (zs.get("other_template_sets") or {}).items():
+        oci = other.get("auc_ci")
+        lines.append(
+            f"zero-shot mean AUC (`{name}` prompts) {_f(other.get('auc'))}"
+            + (f" (95% CI {_f(oci[0])}-{_f(oci[1])})" if oci else "")
+        )
     if zs.get("not_estimable"):
         lines.append("not estimable (too few positives, not averaged): " + ", ".join(zs["not_estimable"]))
     excl = rt.get("map_exclude")
