@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     z.add_argument("--protocol", choices=["auto", "ctrate", "radchestct"], default="auto")
     z.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (scans resampled)")
     z.add_argument("--seed", type=int, default=0)
+    z.add_argument(
+        "--min-positives",
+        type=int,
+        default=1,
+        help="findings with fewer positive (or negative) volumes are reported as not estimable, not averaged",
+    )
     z.add_argument("--out", required=True, help="report folder")
     z.set_defaults(func=_zero_shot)
 
@@ -68,10 +74,11 @@ def _zero_shot(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         n_boot=args.n_boot,
         seed=args.seed,
+        min_positives=args.min_positives,
     )
     m, b = res["metrics"]["mean"], res["bootstrap"]
     print(
-        f"zero-shot ({res['protocol']}, {res['mode']}): mean AUC {m['auc']:.4f} "
+        f"zero-shot ({res['protocol']}, {res['mode']}, {int(m['n_findings'])} findings): mean AUC {m['auc']:.4f} "
         f"[{b['lower']['mean/auc']:.4f}, {b['upper']['mean/auc']:.4f}], F1 {m['f1']:.4f}, "
         f"accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f} -> {args.out}/zero_shot.md"
     )
@@ -102,6 +109,6 @@ def _retrieval(args: argparse.Namespace) -> int:
     for key in ("report_to_image", "image_to_report"):
         if key in res:
             rec = ", ".join(f"@{k} {v:.4f}" for k, v in res[key]["recall"].items())
-            print(f"{key} Recall{rec} ({args.recall_mode})")
+            print(f"{key} Recall{rec} ({args.recall_mode}, gallery {res[key]['n_gallery']} volumes)")
     print(f"-> {args.out}/retrieval.md")
     return 0
