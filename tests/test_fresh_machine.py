@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Modules the code needs without an import statement naming them.
 IMPLICIT = {"pyarrow": "pandas reads and writes the .parquet manifests with it (silverclip.data.manifest)"}
-LOCAL = {"silverclip", "conftest", "pipeline_fixtures", "train_fixtures", "test_models"}
+# The project's own modules: the package and every module of tests/ and benchmarks/ (helpers they import).
+LOCAL = {"silverclip"} | {p.stem for folder in ("tests", "benchmarks") for p in (REPO / folder).glob("*.py")}
 
 
 def _norm(name: str) -> str:

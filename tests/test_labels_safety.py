@@ -129,11 +129,13 @@ def test_secrets_never_reach_files_stderr_or_logs(fake_llm, reports, tmp_path, m
     src = _reports_csv(reports, tmp_path / "in" / "reports.csv", 4)
     first = pd.read_csv(src)["report_text"].iloc[0]
     run = tmp_path / "run"
+    run.mkdir()
     caplog.set_level(logging.DEBUG)  # as under `silverclip -v`: the HTTP libraries would log the URL
     for backend in ("llm", "cascade"):
         argv = ["labels", "extract", "--backend", backend, "--reports", str(src), "--out", str(run / f"{backend}.csv")]
         argv += ["--base-url", base, "--key-from-env", "MY_LLM_KEY", "--max-reasks", "1"]
-        assert main(argv) in (0, 1)
+        assert main(argv) in (0, 1)  # 1: the malformed report is listed as failed
+        assert (run / f"{backend}.csv").exists()  # the run did its work (not stopped before it began)
     out = capsys.readouterr()
     assert len(server.requests) >= 4 + 1  # 4 reports by llm (one re-asked) + the cascade's open findings
     assert (run / "llm.failures.json").exists()  # the malformed, key-echoing answer was recorded ...

@@ -26,7 +26,7 @@ PRESET = Preset(
 
 def _phantom(rng: np.random.Generator, metal: bool) -> np.ndarray:
     """A chest-like phantom: air, a soft-tissue body with two lungs, bright rib-like spots, noise; optionally
-    one metal device (radius about 2 voxels, 3000 HU, like a pacemaker generator at 6 mm voxels) in the body."""
+    one metal device (radius 2.2-2.8 voxels, 3000 HU, like a pacemaker generator at 6 mm voxels) in the body."""
     x, y, z = np.meshgrid(*(np.arange(s) - s / 2 + 0.5 for s in PRESET.shape), indexing="ij")
     a, b = rng.uniform(12, 15), rng.uniform(9, 12)
     body = (x / a) ** 2 + (y / b) ** 2 < 1
@@ -42,7 +42,7 @@ def _phantom(rng: np.random.Generator, metal: bool) -> np.ndarray:
         t = rng.uniform(0, 2 * np.pi)
         r = rng.uniform(0.2, 0.8)
         c = (r * a * np.cos(t) * 0.5, r * b * np.sin(t), rng.uniform(-8, 8))
-        vol[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < rng.uniform(3.0, 5.0)] = 3000.0
+        vol[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < rng.uniform(5.0, 8.0)] = 3000.0
     vol += rng.normal(0, 20, vol.shape)
     return np.clip(vol, *PRESET.window).astype(np.int16)
 
@@ -74,7 +74,7 @@ def test_pretraining_learns_a_visible_finding(tmp_path: Path) -> None:
         "model=resnet18_3d",
         'model_kwargs={"widen_factor": 0.125}',
         "data.batch_size=8",
-        "train.epochs=24",
+        "train.epochs=14",
         "train.lr=1e-3",
         "train.warmup_steps=5",
         "train.progress=false",
@@ -82,5 +82,7 @@ def test_pretraining_learns_a_visible_finding(tmp_path: Path) -> None:
     ]
     assert main([*argv, *overrides]) == 0
     val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
-    assert val[-1]["auc/Medical material"] >= 0.9, [v["auc/Medical material"] for v in val]
+    aucs = [round(v["auc/Medical material"], 3) for v in val]
+    print("validation AUC per epoch:", aucs)
+    assert val[-1]["auc/Medical material"] >= 0.9, aucs
     assert val[-1]["mean_auc"] == val[-1]["auc/Medical material"]  # masked findings are not averaged
