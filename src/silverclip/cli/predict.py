@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,13 +47,17 @@ def _run(args: argparse.Namespace) -> int:
                 "template_set": model.template_set,
                 "probabilities": {f: probs[f] for f in model.findings},
                 "extra_findings": {f: probs[f] for f in args.finding},
+                "present": {f: v for f, v in model.decide(probs).items() if f in model.findings},
+                "thresholds": model.thresholds,
+                "provenance": model.provenance,
             }
         )
+        warning = model.domain_warning(scan)
+        if warning:
+            results[-1]["warning"] = warning
+            print(f"WARNING: {warning}", file=sys.stderr)
         print(f"\n{scan}")
-        width = max(len(f) for f in probs)
-        for f, p in probs.items():
-            tag = "  (free text)" if f in args.finding and f not in model.findings else ""
-            print(f"  {f:<{width}}  {p:.4f}{tag}")
+        print("\n".join(model.prediction_lines(probs, args.finding)))
     if args.out and results:
         atomic_write_json(args.out, results[0] if len(args.scan) == 1 else results)
     failures.report()

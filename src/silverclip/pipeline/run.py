@@ -411,6 +411,38 @@ class Pipeline:
 
         return (runner or self.runner).run("evaluate", build, config=(emb, ecfg))
 
+    def calibrate(self, checkpoint: str, data: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
+        """Record in the CLIP checkpoint what it was trained on and the zero-shot thresholds the evaluation chose
+        (on the threshold split, see ``evaluate.threshold_volumes``), so that ``silverclip predict`` can say
+        present/absent and warn off its domain. Cheap and idempotent: runs every time the evaluation is there."""
+        import json
+
+        from silverclip.checkpoint import record_calibration
+        from silverclip.data.manifest import read_manifest
+        from silverclip.data.presets import load_preset
+        from silverclip.data.provenance import training_provenance
+
+        src = self.cfg.source
+        train = read_manifest(data["train_manifest"])
+        provenance = training_provenance(
+            src.kind,
+            root=src.root if src.kind == "ctrate" else (src.train_manifest if src.kind == "manifest" else None),
+            first_volume=str(train["path"].iloc[0]) if len(train) else None,
+            preset=load_preset(self.cfg.preprocess.preset).name,
+            version=src.version if src.kind == "ctrate" else None,
+            seed=self.cfg.seed,
+        )
+        zs_file = eval_dir / "zero_shot" / "zero_shot.json"
+        thresholds, source, templates = None, None, None
+        if zs_file.is_file():
+            zs = json.loads(zs_file.read_text())
+            thresholds = {n: float(zs["metrics"][n]["threshold"]) for n in zs["findings"]}
+            source, templates = zs.get("threshold_source"), zs.get("template_set")
+        meta = record_calibration(
+            checkpoint, thresholds=thresholds, threshold_source=source, template_set=templates, provenance=provenance
+        )
+        return {"provenance": meta.get("provenance"), "thresholds": meta.get("thresholds")}
+
     # ---------------------------------------------------------------- everything
     def external(self, checkpoint: str, out: Path, runner: StageRunner | None = None) -> dict[str, Any]:
         """RAD-ChestCT external test: ingest, preprocess with the run's preset, embed, 16-finding evaluation."""
@@ -522,6 +554,7 @@ class Pipeline:
         if stop("embed"):
             return None
         ev = self.evaluate(emb, data, self.run_dir / "eval")
+        self.calibrate(clip["checkpoint"], data, Path(ev["dir"]))
         summary = {"run_dir": str(self.run_dir), "data": data, "labels": labels, "evaluation": ev}
         if self.cfg.external.enabled:
             summary["external"] = self.external(clip["checkpoint"], self.run_dir / "external")

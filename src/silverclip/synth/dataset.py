@@ -268,11 +268,17 @@ def render_job(job: VolumeJob, format_version: int = 2) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def nifti_bytes(arr: np.ndarray, affine: np.ndarray, compresslevel: int = 4) -> bytes:
-    """A gzipped NIfTI-1 file as bytes, with a zero gzip timestamp so that files are byte-reproducible."""
+def nifti_bytes(arr: np.ndarray, affine: np.ndarray, compresslevel: int = 4, descrip: str = "volume") -> bytes:
+    """A gzipped NIfTI-1 file as bytes, with a zero gzip timestamp so that files are byte-reproducible.
+
+    The header's ``descrip`` starts with the generator's marker (:mod:`silverclip.data.provenance`).
+    """
     import nibabel as nib
 
+    from silverclip.data.provenance import SYNTH_MARKER
+
     img = nib.Nifti1Image(arr, affine)
+    img.header["descrip"] = f"{SYNTH_MARKER} {descrip}"[:79].encode()
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
