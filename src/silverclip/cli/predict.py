@@ -21,6 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--templates", help="prompt template set (default: prompts.yaml's default)")
     p.add_argument("--out", help="JSON file to write (one scan: an object; several: a list)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--saliency",
+        metavar="DIR",
+        help="write Grad-CAM maps (NIfTI in the scan's geometry) and a PNG montage per scan into DIR",
+    )
+    p.add_argument(
+        "--findings",
+        help="comma-separated findings to explain with --saliency (default: those predicted present)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -58,6 +67,16 @@ def _run(args: argparse.Namespace) -> int:
             print(f"WARNING: {warning}", file=sys.stderr)
         print(f"\n{scan}")
         print("\n".join(model.prediction_lines(probs, args.finding)))
+        if args.saliency:
+            from silverclip.eval.saliency import explain_scan
+
+            asked = [f.strip() for f in args.findings.split(",") if f.strip()] if args.findings else None
+            try:
+                results[-1]["saliency"] = explain_scan(model, scan, args.saliency, asked)
+            except Exception as e:  # a failed map is listed like a failed scan
+                failures.add(scan, scan, e)
+                continue
+            print(f"  saliency: {results[-1]['saliency']['montage']}")
     if args.out and results:
         atomic_write_json(args.out, results[0] if len(args.scan) == 1 else results)
     failures.report()
