@@ -202,27 +202,17 @@ def plot_montage(
     return path
 
 
-def explain_scan(
-    predictor: Any,
-    scan: str | Path,
-    out_dir: str | Path,
-    findings: Sequence[str] | None = None,
-    layer: str = DEFAULT_LAYER,
-) -> dict[str, Any]:
-    """Saliency of a CLIP :class:`~silverclip.inference.Predictor` for one scan; writes into ``out_dir``
-    ``<scan>_<finding>.nii.gz`` per finding (input geometry) and ``<scan>_saliency.png`` (montage).
+def saliency_maps(
+    predictor: Any, volume: Any, findings: Sequence[str] | None = None, layer: str = DEFAULT_LAYER
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``(P(present) per finding, {finding: map on volume.array's canonical voxels})`` for a read Volume.
 
     findings: names to explain (CT-RATE findings or free text); default: those predicted present at the
     checkpoint's thresholds (P >= 0.5 for a checkpoint without thresholds).
-    Returns ``{"probabilities", "findings", "maps": {finding: path}, "montage": path, "peaks": {finding: ijk}}``.
     """
     from silverclip.data.preprocess import preprocess_volume
-    from silverclip.data.readers import load_volume
     from silverclip.eval.embeddings import model_input
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    volume = load_volume(scan)
     hu = preprocess_volume(volume, predictor.preset)
     extra = [f for f in (findings or []) if f not in predictor.findings]
     probs = predictor.predict(hu, extra)
@@ -233,18 +223,37 @@ def explain_scan(
     directions = (cls[:, 0] - cls[:, 1]).to(predictor.device)
     scorer = FindingScores(predictor.model, directions, predictor.logit_scale).eval()
     x = model_input(hu, predictor.preset).to(predictor.device)
+    maps = {f: crop_to_volume(gradcam(scorer, x, names.index(f), layer), volume, predictor.preset) for f in findings}
+    return probs, maps
+
+
+def explain_scan(
+    predictor: Any,
+    scan: str | Path,
+    out_dir: str | Path,
+    findings: Sequence[str] | None = None,
+    layer: str = DEFAULT_LAYER,
+) -> dict[str, Any]:
+    """Saliency of a CLIP :class:`~silverclip.inference.Predictor` for one scan; writes into ``out_dir``
+    ``<scan>_<finding>.nii.gz`` per finding (input geometry) and ``<scan>_saliency.png`` (montage).
+
+    findings: as in :func:`saliency_maps`.
+    Returns ``{"probabilities", "findings", "maps": {finding: path}, "montage": path, "peaks": {finding: ijk}}``.
+    """
+    from silverclip.data.readers import load_volume
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    volume = load_volume(scan)
+    probs, canon_maps = saliency_maps(predictor, volume, findings, layer)
     stem = scan_stem(scan)
-    result: dict[str, Any] = {"probabilities": probs, "findings": list(findings), "maps": {}, "peaks": {}}
-    canon_maps = {}
-    for f in findings:
-        cam = gradcam(scorer, x, names.index(f), layer)
-        canon = crop_to_volume(cam, volume, predictor.preset)
-        canon_maps[f] = canon
+    result: dict[str, Any] = {"probabilities": probs, "findings": list(canon_maps), "maps": {}, "peaks": {}}
+    for f, canon in canon_maps.items():
         arr, affine = to_file_geometry(canon, volume)
         path = write_nifti(out_dir / f"{stem}_{slug(f)}.nii.gz", arr, affine)
         result["maps"][f] = str(path)
         result["peaks"][f] = [int(i) for i in np.unravel_index(int(np.argmax(arr)), arr.shape)]
-    titles = {f: f"{f}  P={probs[f]:.2f}" for f in findings}
+    titles = {f: f"{f}  P={probs[f]:.2f}" for f in canon_maps}
     hu_canon = np.asarray(volume.array, np.float32)
     result["montage"] = str(
         plot_montage(out_dir / f"{stem}_saliency.png", hu_canon, volume.spacing, canon_maps, titles)

@@ -443,6 +443,28 @@ class Pipeline:
         )
         return {"provenance": meta.get("provenance"), "thresholds": meta.get("thresholds")}
 
+    def pointing(self, checkpoint: str, out: Path, runner: StageRunner | None = None) -> dict[str, Any]:
+        """Pointing game on the synthetic validation volumes (at most ``POINTING_MAX_VOLUMES``)."""
+
+        def build() -> dict[str, Any]:
+            from silverclip.eval.pointing import run_pointing_game, synth_masks
+
+            root = self.run_dir / "data"
+            if not synth_masks(root):
+                return {"skipped": "the synthetic data has no lesion masks (generated before they existed)"}
+            res = run_pointing_game(
+                checkpoint,
+                root,
+                out,
+                max_volumes=POINTING_MAX_VOLUMES,
+                device=_device(self.cfg.evaluate.device),
+                progress=self.cfg.progress,
+            )
+            keep = ("hit_rate", "chance", "n_trials", "n_volumes")
+            return {**{k: res[k] for k in keep}, "dir": str(out)}
+
+        return (runner or self.runner).run("pointing", build, config=(checkpoint, POINTING_MAX_VOLUMES))
+
     # ---------------------------------------------------------------- everything
     def external(self, checkpoint: str, out: Path, runner: StageRunner | None = None) -> dict[str, Any]:
         """RAD-ChestCT external test: ingest, preprocess with the run's preset, embed, 16-finding evaluation."""
@@ -556,6 +578,8 @@ class Pipeline:
         ev = self.evaluate(emb, data, self.run_dir / "eval")
         self.calibrate(clip["checkpoint"], data, Path(ev["dir"]))
         summary = {"run_dir": str(self.run_dir), "data": data, "labels": labels, "evaluation": ev}
+        if self.cfg.source.kind == "synth":
+            summary["pointing_game"] = self.pointing(clip["checkpoint"], self.run_dir / "eval" / "pointing")
         if self.cfg.external.enabled:
             summary["external"] = self.external(clip["checkpoint"], self.run_dir / "external")
         from silverclip.pipeline.summary import write_summary
@@ -571,6 +595,9 @@ def _section_config(cls: type, data: dict[str, Any], section: str) -> Any:
     except ConfigError as e:
         raise ConfigError(f"in section {section}: {e}") from None
 
+
+#: Validation volumes the pipeline's pointing game looks at (Grad-CAM per positive finding: ~0.1 s each on a CPU).
+POINTING_MAX_VOLUMES = 200
 
 STAGE_ORDER = ("data", "preprocess", "labels", "pretrain", "clip", "embed", "evaluate")
 

@@ -49,6 +49,12 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
             )
             + (f", gallery {n_gal} volumes" if n_gal else "")
         )
+    pg = summary.get("pointing_game") or {}
+    if pg.get("hit_rate") is not None:
+        lines.append(
+            f"pointing game (saliency peak inside the lesion mask): {100 * pg['hit_rate']:.1f}% of {pg['n_trials']} "
+            f"finding-volume pairs on {pg['n_volumes']} validation volumes (chance {100 * pg['chance']:.1f}%)"
+        )
     q = summary.get("labels", {}).get("quality")
     if q:
         lines.append(
