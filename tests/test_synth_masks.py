@@ -63,3 +63,24 @@ def test_dataset_writes_a_mask_per_volume(tmp_path: Path) -> None:
     first.unlink()
     assert len(make_synthetic_ctrate(root, SynthConfig(**cfg), progress=False)) == 0
     assert first.is_file() and (root / vols["path"].iloc[0]).read_bytes() == before
+
+
+def test_add_masks_to_a_dataset_made_before_masks(tmp_path: Path) -> None:
+    import shutil
+
+    from silverclip.eval.pointing import add_masks, synth_masks
+
+    root = tmp_path / "ds"
+    cfg = dict(n_patients=3, shape=(32, 32, 24), seed=2, valid_fraction=0.34, second_recon_prob=0.0)
+    assert len(make_synthetic_ctrate(root, SynthConfig(**cfg), progress=False)) == 0
+    masks = synth_masks(root)
+    reference = {v: read_mask(p) for v, p in masks.items()}
+    shutil.rmtree(root / "synth_info" / "masks")
+    table = root / "synth_info" / "volumes.csv"
+    pd.read_csv(table).drop(columns=["mask_path"]).to_csv(table, index=False)  # the old layout
+    assert synth_masks(root) == {}
+    n_valid = sum(v.startswith("valid_") for v in reference)
+    assert add_masks(root, "valid") == n_valid
+    again = synth_masks(root)
+    assert set(again) == {v for v in reference if v.startswith("valid_")}
+    assert all(np.array_equal(read_mask(p), reference[v]) for v, p in again.items())

@@ -135,6 +135,38 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def add_masks(root: str | Path, split: str | None = "valid", progress: bool = False) -> int:
+    """Write the lesion masks a synthetic dataset folder lacks (made before masks existed), for ``split``
+    (None: all); the volumes are rendered again from the dataset's ``synth_info/config.yaml`` (deterministic)
+    and left as they are. Returns the number of masks written."""
+    import yaml
+    from tqdm.auto import tqdm
+
+    from silverclip.config import config_from_dict
+    from silverclip.synth.dataset import SPLITS, SynthConfig, _write_job, mask_rel_path, plan_dataset
+
+    root = Path(root)
+    cfg = config_from_dict(SynthConfig, yaml.safe_load((root / "synth_info" / "config.yaml").read_text()) or {})
+    prefix = SPLITS[split][0] if split else ""
+    jobs = [j for j in plan_dataset(cfg).jobs if j.name.startswith(prefix) and not (root / mask_rel_path(j)).is_file()]
+    for job in tqdm(jobs, desc="lesion masks", unit="vol", disable=not progress):
+        _, err = _write_job((job, str(root), cfg.format_version, cfg.compresslevel))
+        if err:
+            raise RuntimeError(f"{root / job.rel_path}: lesion mask could not be rendered: {err}")
+    table = root / "synth_info" / "volumes.csv"
+    df = pd.read_csv(table)
+    if "mask_path" not in df.columns:
+        from silverclip.io import atomic_to_csv
+
+        df.insert(
+            df.columns.get_loc("path") + 1,
+            "mask_path",
+            [f"synth_info/masks/{Path(p).name[:-7]}_mask.nii.gz" for p in df["path"]],
+        )
+        atomic_to_csv(df, table)
+    return len(jobs)
+
+
 def synth_split(root: str | Path, split: str = "valid") -> tuple[list[tuple[str, Path, Path]], pd.DataFrame]:
     """``(volumes, labels)`` of one split of a synthetic dataset folder (``silverclip synth``), for
     :func:`pointing_game`: its volumes with a lesion mask, and its gold labels indexed by volume id."""

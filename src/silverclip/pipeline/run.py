@@ -447,11 +447,10 @@ class Pipeline:
         """Pointing game on the synthetic validation volumes (at most ``POINTING_MAX_VOLUMES``)."""
 
         def build() -> dict[str, Any]:
-            from silverclip.eval.pointing import run_pointing_game, synth_masks
+            from silverclip.eval.pointing import add_masks, run_pointing_game
 
             root = self.run_dir / "data"
-            if not synth_masks(root):
-                return {"skipped": "the synthetic data has no lesion masks (generated before they existed)"}
+            add_masks(root, "valid", progress=self.cfg.progress)  # data made before masks existed: render them
             res = run_pointing_game(
                 checkpoint,
                 root,
@@ -585,6 +584,17 @@ class Pipeline:
         from silverclip.pipeline.summary import write_summary
 
         summary["report"] = str(write_summary(self.run_dir, summary))
+        try:
+            from silverclip.pipeline.html_report import write_html_report
+
+            summary["report_html"] = str(write_html_report(self.run_dir))
+        except Exception as e:  # the run's results stand without the page; `silverclip report RUN` retries
+            log.warning(
+                "report.html could not be written (%s: %s); rerun `silverclip report %s`",
+                type(e).__name__,
+                e,
+                self.run_dir,
+            )
         return summary
 
 
