@@ -57,7 +57,7 @@ def pointing_game(
     (``(volume_id, scan path, mask path)``) with gold ``labels`` (index volume id, columns the findings).
 
     Returns ``{"hit_rate", "chance", "n_trials", "n_volumes", "per_finding": {f: {"hits", "n", "hit_rate",
-    "chance"}}, "trials": [{"volume_id", "finding", "hit", "peak"}]}``.
+    "chance"}}, "trials": [{"volume_id", "finding", "hit", "peak"}], "failures": [{"volume_id", "reason"}]}``.
     """
     from tqdm.auto import tqdm
 
@@ -71,17 +71,22 @@ def pointing_game(
     trials: list[dict[str, Any]] = []
     chances: dict[str, list[float]] = {f: [] for f in names}
     n_volumes = 0
+    failures: list[dict[str, str]] = []
     for vid, scan, mask_path in tqdm(todo, desc="pointing game", unit="vol", disable=not progress):
         row = labels.loc[str(vid)]
         positive = [f for f in names if row[f] == 1]
         if not positive:
             continue
-        bits = read_mask(mask_path)
-        asked = [f for f in positive if (bits >> FINDINGS.index(f) & 1).any()]
-        if not asked:
+        try:
+            bits = read_mask(mask_path)
+            asked = [f for f in positive if (bits >> FINDINGS.index(f) & 1).any()]
+            if not asked:
+                continue
+            volume = load_volume(scan)
+            _, maps = saliency_maps(predictor, volume, asked)
+        except Exception as e:  # one unreadable volume or mask is listed, the others go on
+            failures.append({"volume_id": str(vid), "reason": f"{type(e).__name__}: {e}"})
             continue
-        volume = load_volume(scan)
-        _, maps = saliency_maps(predictor, volume, asked)
         n_volumes += 1
         for f in asked:
             stored, _ = to_file_geometry(maps[f], volume)
@@ -113,6 +118,7 @@ def pointing_game(
         "n_volumes": n_volumes,
         "per_finding": per,
         "trials": trials,
+        "failures": failures,
     }
 
 

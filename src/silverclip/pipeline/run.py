@@ -578,7 +578,10 @@ class Pipeline:
         self.calibrate(clip["checkpoint"], data, Path(ev["dir"]))
         summary = {"run_dir": str(self.run_dir), "data": data, "labels": labels, "evaluation": ev}
         if self.cfg.source.kind == "synth":
-            summary["pointing_game"] = self.pointing(clip["checkpoint"], self.run_dir / "eval" / "pointing")
+            try:
+                summary["pointing_game"] = self.pointing(clip["checkpoint"], self.run_dir / "eval" / "pointing")
+            except Exception as e:  # a localisation check never costs the run its results
+                log.warning("pointing game failed (%s: %s); silverclip evaluate pointing retries", type(e).__name__, e)
         if self.cfg.external.enabled:
             summary["external"] = self.external(clip["checkpoint"], self.run_dir / "external")
         from silverclip.pipeline.summary import write_summary
