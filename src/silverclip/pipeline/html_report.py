@@ -42,6 +42,7 @@ N_TEXT_QUERIES = 3
 TOP_K = 5
 MAX_DISAGREEMENTS = 25
 MIP_WINDOW = (-1000.0, 1500.0)
+SKIPPED_CURVES = {"step", "epoch", "time_s", "seconds", "volumes_per_s", "data_wait"}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;
@@ -217,7 +218,7 @@ def _training(run: Path) -> str:
             ax.set_title(f"{stage}: training {key}")
             ax.set_xlabel("step")
         keys = sorted(
-            {k for r in val for k, v in r.items() if isinstance(v, (int, float)) and "/" not in k} - {"step", "epoch"}
+            {k for r in val for k, v in r.items() if isinstance(v, (int, float)) and "/" not in k} - SKIPPED_CURVES
         )
         for k in keys[:6]:
             pts = [(r["epoch"], r[k]) for r in val if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
@@ -251,16 +252,15 @@ def _labels(run: Path, summary: dict[str, Any] | None) -> str:
     parts = []
     if quality:
         rows = []
-        for name, m in quality.items():
-            if not isinstance(m, dict) or name in ("macro", "micro"):
-                continue
-            cells = "".join(f"<td>{_num(m.get(k))}</td>" for k in ("accuracy", "precision", "recall", "f1"))
-            rows.append(f"<tr><td>{_e(name)}</td>{cells}<td>{_num(m.get('kappa'))}</td></tr>")
+        for name, m in (quality.get("per_finding") or {}).items():
+            cells = "".join(f"<td>{_num(m.get(k))}</td>" for k in ("auc", "f1", "precision", "recall"))
+            rows.append(f"<tr><td>{_e(name)}</td>{cells}<td>{_num(m.get('n_positive'))} / {_num(m.get('n'))}</td></tr>")
         macro = quality.get("macro", {})
         parts.append(
-            f"<p>Silver labels ({_e(backend)}) against the gold labels of the training reports: macro F1 "
-            f"{_num(macro.get('f1'))}, macro AUC {_num(macro.get('auc'))}.</p><table><tr><th>finding</th>"
-            f"<th>accuracy</th><th>precision</th><th>recall</th><th>F1</th><th>kappa</th></tr>{''.join(rows)}</table>"
+            f"<p>Silver labels ({_e(backend)}) against the reference (gold) labels of the "
+            f"{_e(quality.get('n_reports'))} training reports: macro F1 {_num(macro.get('f1'))}, macro AUC "
+            f"{_num(macro.get('auc'))}.</p><table class='quality'><tr><th>finding</th><th>AUC</th><th>F1</th>"
+            f"<th>precision</th><th>recall</th><th>positives / reports</th></tr>{''.join(rows)}</table>"
         )
     parts.append(_disagreements(run, backend))
     return "".join(parts)
@@ -361,7 +361,7 @@ def _gallery(run: Path, zs: dict[str, Any] | None, thumbs: _Thumbs) -> str:
                 f"<tr class='{'right' if ok else 'wrong'}'><td>{_e(f)}</td><td>{p:.2f}</td><td>{truth}</td></tr>"
             )
         imgs = "".join(_img(u, f"{vid} {v}") for u, v in zip(thumbs.get(str(vid)), ("axial", "coronal", "sagittal")))
-        label = f"most confident error: margin {margin:.2f}" if margin > 0 else "no error at the thresholds"
+        label = f"most confident error: margin {margin:.4f}" if margin > 0 else "no error at the thresholds"
         cards.append(
             f"<div class='card'><b>{_e(vid)}</b> <span class='muted'>{label}</span><div>{imgs}</div>"
             "<table><tr><th>finding (present or predicted)</th><th>P</th><th>truth</th></tr>"
