@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pytest
 
 from silverclip.data.provenance import is_synthetic_scan
 from silverclip.eval.pointing import read_mask, synth_split
@@ -84,3 +85,46 @@ def test_add_masks_to_a_dataset_made_before_masks(tmp_path: Path) -> None:
     again = synth_masks(root)
     assert set(again) == {v for v in reference if v.startswith("valid_")}
     assert all(np.array_equal(read_mask(p), reference[v]) for v, p in again.items())
+
+
+def test_pointing_game_counts_hits_against_the_masks(tmp_path: Path, monkeypatch) -> None:
+    """With stand-in saliency maps (the finding's own mask: a hit; its complement: a miss) the game counts exactly."""
+    import silverclip.eval.saliency as saliency
+    from silverclip.data.presets import Preset
+    from silverclip.data.readers import load_volume
+    from silverclip.eval.pointing import pointing_game
+
+    root = tmp_path / "ds"
+    cfg = dict(n_patients=5, shape=(32, 32, 24), seed=4, valid_fraction=0.6, second_recon_prob=0.5)
+    assert len(make_synthetic_ctrate(root, SynthConfig(**cfg), progress=False)) == 0
+    volumes, gold = synth_split(root, "valid")
+    masks = {vid: m for vid, _, m in volumes}
+    hit_findings = set(FINDINGS[::2])
+
+    def fake(predictor, volume, findings, layer="layer3"):
+        vid = Path(volume.source).name[: -len(".nii.gz")]
+        bits = load_volume(masks[vid]).array  # canonical, as the maps are
+        maps = {}
+        for f in findings:
+            inside = ((bits >> FINDINGS.index(f)) & 1).astype(np.float32)
+            maps[f] = inside if f in hit_findings else 1.0 - inside
+        return {}, maps
+
+    monkeypatch.setattr(saliency, "saliency_maps", fake)
+
+    class Stub:
+        preset = Preset(
+            name="s", spacing=(12.0, 12.0, 12.0), window=(-1000, 200), shape=(32, 32, 24), crop=(32, 32, 24)
+        )
+
+    res = pointing_game(Stub(), volumes, gold)
+    expected = []
+    for vid, _, m in volumes:
+        bits = read_mask(m)
+        for f in FINDINGS:
+            if gold.loc[vid, f] == 1 and ((bits >> FINDINGS.index(f)) & 1).any():
+                expected.append(f in hit_findings)
+    assert res["n_trials"] == len(expected) > 3
+    assert res["hit_rate"] == pytest.approx(np.mean(expected))
+    assert {f for f, r in res["per_finding"].items() if r["hit_rate"] == 1.0} <= hit_findings
+    assert 0 < res["chance"] < 0.5 and not res["failures"]

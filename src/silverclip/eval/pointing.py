@@ -88,13 +88,13 @@ def pointing_game(
             failures.append({"volume_id": str(vid), "reason": f"{type(e).__name__}: {e}"})
             continue
         n_volumes += 1
+        field = _field_of_view(volume, predictor.preset)
         for f in asked:
             stored, _ = to_file_geometry(maps[f], volume)
             if stored.shape != bits.shape:
                 raise ValueError(f"{mask_path}: mask shape {bits.shape} differs from the volume's {stored.shape}")
             mask = (bits >> FINDINGS.index(f) & 1).astype(bool)
             peak = np.unravel_index(int(np.argmax(stored)), stored.shape)
-            field = stored > 0
             chances[f].append(float(mask[field].mean()) if field.any() else 0.0)
             trials.append(
                 {"volume_id": str(vid), "finding": f, "hit": bool(mask[peak]), "peak": [int(i) for i in peak]}
@@ -120,6 +120,15 @@ def pointing_game(
         "trials": trials,
         "failures": failures,
     }
+
+
+def _field_of_view(volume: Any, preset: Any) -> np.ndarray:
+    """The voxels of the volume file that the model's input crop covers (bool, file geometry)."""
+    from silverclip.eval.saliency import crop_to_volume, to_file_geometry
+
+    crop = tuple(min(int(c), int(s)) for c, s in zip(preset.crop, preset.shape))
+    ones = crop_to_volume(np.ones(crop, np.float32), volume, preset)
+    return to_file_geometry(ones, volume)[0] > 0.5
 
 
 def pointing_markdown(result: dict[str, Any]) -> str:
