@@ -19,7 +19,7 @@ from silverclip.cli import main
 from silverclip.data.preprocess import preprocess_volume
 from silverclip.data.readers import load_volume
 from silverclip.eval.embeddings import model_input
-from silverclip.eval.saliency import FindingScores, crop_to_volume, gradcam, to_file_geometry
+from silverclip.eval.saliency import FindingScores, choose_layer, crop_to_volume, gradcam, to_file_geometry
 from test_learning import PRESET, _dataset, _phantom
 
 
@@ -60,7 +60,9 @@ def test_saliency_peak_lies_inside_the_device(learned: Path, tmp_path: Path, see
     nib.save(nib.Nifti1Image(np.ascontiguousarray(stored), affine), path)
     volume = load_volume(path)
     x = model_input(preprocess_volume(volume, PRESET), PRESET)
-    cam = gradcam(FindingScores(model.eval()), x, 0, "layer2")
+    scorer = FindingScores(model.eval())
+    assert choose_layer(scorer, x) == "layer2"  # 4x4x3 at this 28x28x20 crop (layer3 would be 2x2x2)
+    cam = gradcam(scorer, x, 0)
     sal, aff = to_file_geometry(crop_to_volume(cam, volume, PRESET), volume)
     assert sal.shape == stored.shape and np.allclose(aff, affine)
     peak = np.unravel_index(int(np.argmax(sal)), sal.shape)

@@ -4,8 +4,9 @@ The score explained is the finding's zero-shot log-odds, ``logit_scale * <image 
 (``log P(present) - log P(absent)`` of :func:`silverclip.eval.zero_shot.zero_shot_probabilities`), i.e. the image
 embedding projected on the finding's prompt-pair direction; for a supervised model (a ResNet with a head) the
 finding's logit. The map is MONAI's Grad-CAM (``monai.visualize.GradCAM``, the gradient-weighted activations of
-one ResNet stage, ``layer3`` by default: at the demo's 56x56x40 crop ``layer4`` is 2x2x2 voxels, ``layer3``
-4x4x3) upsampled to the model's input crop and min-max scaled to [0, 1].
+one ResNet stage: by default (``auto``) the deepest whose feature map keeps at least 3 voxels along every axis,
+i.e. ``layer3`` (4x4x3) at the demo's 56x56x40 crop where ``layer4`` is 2x2x2, ``layer4`` (6x6x3) at the paper's
+192x192x96) upsampled to the model's input crop and min-max scaled to [0, 1].
 
 :func:`crop_to_volume` then maps the crop back through the preprocessing (centre crop, centre crop/pad,
 trilinear resampling of :mod:`silverclip.data.resample`, including its grid anchored at the stored buffer's
@@ -28,7 +29,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-DEFAULT_LAYER = "layer3"
+DEFAULT_LAYER = "auto"
+#: ``auto`` picks the deepest ResNet stage whose feature map keeps at least this many voxels along every axis
+MIN_CAM_SIZE = 3
+STAGES = ("layer4", "layer3", "layer2", "layer1")
 
 
 class FindingScores(nn.Module):
@@ -54,10 +58,35 @@ def _layer_name(module: nn.Module, layer: str) -> str:
     return min(names, key=len)
 
 
+@torch.no_grad()
+def choose_layer(scorer: nn.Module, x: torch.Tensor, min_size: int = MIN_CAM_SIZE) -> str:
+    """The deepest of ``layer4 .. layer1`` whose output keeps ``min_size`` voxels along every axis for ``x``."""
+    modules = dict(scorer.named_modules())
+    names = {s: _layer_name(scorer, s) for s in STAGES if any(n == s or n.endswith(f".{s}") for n in modules)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [
+        modules[n].register_forward_hook(lambda _m, _i, out, s=s: shapes.__setitem__(s, tuple(out.shape[2:])))
+        for s, n in names.items()
+    ]
+    try:
+        scorer(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for s in STAGES:
+        if s in shapes and min(shapes[s]) >= min_size:
+            return s
+    return next((s for s in reversed(STAGES) if s in shapes), STAGES[-1])
+
+
 def gradcam(scorer: nn.Module, x: torch.Tensor, index: int, layer: str = DEFAULT_LAYER) -> np.ndarray:
-    """Grad-CAM of score ``index`` of ``scorer`` for one input ``x`` (1, 1, X, Y, Z) -> (X, Y, Z) in [0, 1]."""
+    """Grad-CAM of score ``index`` of ``scorer`` for one input ``x`` (1, 1, X, Y, Z) -> (X, Y, Z) in [0, 1].
+
+    ``layer``: a stage name (``layer3``) or ``auto`` (:func:`choose_layer`)."""
     from monai.visualize import GradCAM
 
+    if layer == "auto":
+        layer = choose_layer(scorer, x)
     cam = GradCAM(nn_module=scorer, target_layers=_layer_name(scorer, layer))
     with torch.enable_grad():
         out = cam(x, class_idx=index)
