@@ -37,11 +37,17 @@ def main() -> None:
     ckpt = run / "clip" / "last" if is_checkpoint(run / "clip" / "last") else run / "clip" / "best"
     gold = read_labels(run / "labels" / "gold_valid.csv")
     manifest = read_manifest(run / "manifests" / "valid.csv").set_index("volume_id")
-    vid = next(v for v in manifest.index if v in gold.index and gold.at[v, FINDING] == 1)
+    ids = [v for v in manifest.index if v in gold.index]
+    finding = (
+        FINDING
+        if any(gold.at[v, FINDING] == 1 for v in ids)
+        else next(f for f in gold.columns if any(gold.at[v, f] == 1 for v in ids))
+    )  # a run without devices in its validation split: its first finding that has a positive volume
+    vid = next(v for v in ids if gold.at[v, finding] == 1)
     with tempfile.TemporaryDirectory() as tmp:
-        res = explain_scan(load(ckpt), manifest.at[vid, "path"], tmp, [FINDING])
+        res = explain_scan(load(ckpt), manifest.at[vid, "path"], tmp, [finding])
         shutil.copyfile(res["montage"], out / "saliency.png")
-    print(out / "saliency.png", f"({vid}, P({FINDING}) = {res['probabilities'][FINDING]:.3f})")
+    print(out / "saliency.png", f"({vid}, P({finding}) = {res['probabilities'][finding]:.3f})")
 
 
 if __name__ == "__main__":
