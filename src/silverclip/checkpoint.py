@@ -4,7 +4,9 @@ A checkpoint is a folder::
 
     model.safetensors      weights (safetensors: loading never unpickles)
     checkpoint.json        {"format": 1, "model_config", "findings", "preset", "tokenizer",
-                            "code_version", "step", "task", "timestamp", "text_files", "extra"}
+                            "code_version", "step", "task", "timestamp", "text_files", "extra",
+                            optional "provenance": {"dataset", "synthetic", "preset", ...},
+                            optional "thresholds": {finding: float}, "threshold_source": str}
     text/<module>/         config.json + tokenizer files of each Hugging Face text tower (no weights)
     training_state.pt      optional: optimizer, scheduler, step, RNG states (plain tensors and
                            containers, read with torch.load(weights_only=True))
@@ -47,6 +49,7 @@ __all__ = [
     "is_checkpoint",
     "load_model",
     "read_checkpoint_meta",
+    "record_calibration",
     "unwrap_model",
     "capture_rng_state",
     "restore_rng_state",
@@ -80,6 +83,8 @@ def save_checkpoint(
     task: str | None = None,
     extra: dict[str, Any] | None = None,
     training_state: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically and return its path.
 
@@ -93,6 +98,8 @@ def save_checkpoint(
         task: the stage that produced it (``pretrain`` / ``clip``), recorded for readers.
         extra: anything JSON-able (metrics, the run's config, ...).
         training_state: optional :func:`training_state_dict` output, written in the same atomic swap.
+        provenance: what the model was trained on (``{"dataset", "synthetic", "preset"}``, see
+            :func:`record_calibration`); thresholds: P(present) threshold per finding.
     """
     from safetensors.torch import save_file
 
@@ -138,6 +145,11 @@ def save_checkpoint(
             "text_files": text_files,
             "extra": extra or {},
         }
+        if provenance is not None:
+            meta["provenance"] = dict(provenance)
+        if thresholds is not None:
+            meta["thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
+        _check_calibration(meta, tmp / META_FILE)
         atomic_write_json(tmp / META_FILE, meta)
         _swap_in(tmp, folder)
     except BaseException:
@@ -164,6 +176,59 @@ def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
     for key in ("model_config", "step"):
         if key not in meta:
             raise ValueError(f"{meta_path}: missing field {key!r}")
+    _check_calibration(meta, meta_path)
+    return meta
+
+
+def _check_calibration(meta: dict[str, Any], path: Path) -> None:
+    """``provenance`` must be a JSON object of plain values, ``thresholds`` ``{finding: float in [0, 1]}``."""
+    import math
+
+    prov = meta.get("provenance")
+    if prov is not None:
+        if not isinstance(prov, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, (str, bool, int, float))) for k, v in prov.items()
+        ):
+            raise ValueError(f"{path}: 'provenance' must be an object of strings, numbers and booleans")
+        if "synthetic" in prov and not isinstance(prov["synthetic"], bool):
+            raise ValueError(f"{path}: provenance 'synthetic' must be true or false")
+    thr = meta.get("thresholds")
+    if thr is not None:
+        if not isinstance(thr, dict):
+            raise ValueError(f"{path}: 'thresholds' must be an object {{finding: number}}")
+        for k, v in thr.items():
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
+            if not isinstance(k, str) or not ok:
+                raise ValueError(f"{path}: threshold of {k!r} is {v!r}; thresholds are numbers in [0, 1]")
+
+
+def record_calibration(
+    folder: str | Path,
+    *,
+    thresholds: dict[str, float] | None = None,
+    threshold_source: str | None = None,
+    template_set: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the thresholds chosen on a validation split and/or the training provenance into an existing
+    checkpoint's ``checkpoint.json`` (atomically: a reader sees the old file or the new one) and return the meta.
+
+    ``provenance``: ``{"dataset": name, "synthetic": bool, "preset": name, ...}`` (plain values only);
+    ``thresholds``: ``{finding: P(present) threshold}``, as ``silverclip predict`` applies them;
+    ``template_set``: the prompt template set the thresholds were chosen with.
+    """
+    folder = Path(folder)
+    meta = read_checkpoint_meta(folder)
+    if provenance is not None:
+        meta["provenance"] = dict(provenance)
+    if thresholds is not None:
+        meta["thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
+        if threshold_source is not None:
+            meta["threshold_source"] = str(threshold_source)
+        if template_set is not None:
+            meta["threshold_template_set"] = str(template_set)
+    _check_calibration(meta, folder / META_FILE)
+    atomic_write_json(folder / META_FILE, meta)
     return meta
 
 

@@ -9,6 +9,11 @@ HU window as training), takes the centre crop, embeds it once and returns P(pres
 the 18 findings (and for any extra free-text findings) from the zero-shot prompt pairs.
 ``search`` ranks the volumes of a stored embeddings folder (``silverclip embed``) by cosine
 similarity to a text query.
+
+Honest predictions: a checkpoint calibrated by the pipeline (:func:`silverclip.checkpoint.record_calibration`)
+carries per-finding thresholds chosen on a validation split and the provenance of its training data;
+:meth:`Predictor.decide` turns P(present) into present/absent at those thresholds and
+:meth:`Predictor.domain_warning` says when a model trained on synthetic volumes meets a real scan.
 """
 
 from __future__ import annotations
@@ -58,7 +63,19 @@ class Predictor:
         self.meta = meta
         self.device = device
         self.preset = load_preset(meta["preset"])
+        from silverclip.eval.zero_shot import list_template_sets
+
+        calibrated = meta.get("threshold_template_set")
+        if template_set is None and calibrated in list_template_sets():
+            template_set = calibrated  # the prompts the thresholds were chosen with
         self.template_set = template_set or default_template_set()
+        #: P(present) threshold per finding, chosen on the validation split (empty: uncalibrated checkpoint)
+        self.thresholds: dict[str, float] = (
+            {str(k): float(v) for k, v in (meta.get("thresholds") or {}).items()}
+            if calibrated in (None, self.template_set)
+            else {}
+        )
+        self.provenance: dict[str, Any] = dict(meta.get("provenance") or {})
         self.logit_scale = logit_scale_of(model)
         self.findings = list(meta.get("findings") or FINDINGS)
         self.classifier = build_zero_shot_classifier(model, self.findings, self.template_set, device=device)
@@ -91,6 +108,37 @@ class Predictor:
         names, cls = self._classifier_for(list(findings))
         probs = zero_shot_probabilities(self.embed(scan)[None], cls, self.logit_scale)[0]
         return {n: float(p) for n, p in zip(names, probs)}
+
+    def decide(self, probs: dict[str, float]) -> dict[str, bool | None]:
+        """present (``P >= threshold``) / absent per finding; None where the checkpoint holds no threshold."""
+        return {f: (p >= self.thresholds[f]) if f in self.thresholds else None for f, p in probs.items()}
+
+    def domain_warning(self, scan: str | Path) -> str | None:
+        """A warning when the model was trained on synthetic volumes and ``scan`` is not one (no generator marker,
+        :func:`silverclip.data.provenance.is_synthetic_scan`); None otherwise."""
+        from silverclip.data.provenance import is_synthetic_scan
+
+        if self.provenance.get("synthetic") and not is_synthetic_scan(scan):
+            return (
+                f"this model was trained on synthetic volumes ({self.provenance.get('dataset', 'synthetic data')}) "
+                f"and {scan} is not one: its probabilities say nothing about real findings"
+            )
+        return None
+
+    def prediction_lines(self, probs: dict[str, float], extra: Sequence[str] = ()) -> list[str]:
+        """The table ``silverclip predict`` prints: finding, P(present), present/absent at the threshold."""
+        width = max(len(f) for f in probs)
+        decided = self.decide(probs)
+        lines = []
+        for f, p in probs.items():
+            if f in extra and f not in self.findings:
+                verdict = "(free text, no threshold)"
+            elif decided[f] is None:
+                verdict = "(no threshold in the checkpoint)"
+            else:
+                verdict = f"{'PRESENT' if decided[f] else 'absent':<7}  (threshold {self.thresholds[f]:.4f})"
+            lines.append(f"  {f:<{width}}  {p:.4f}  {verdict}")
+        return lines
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:

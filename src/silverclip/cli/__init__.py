@@ -33,6 +33,7 @@ STAGES = (
     "predict",
     "search",
     "run",
+    "report",
     "ablate",
 )
 

@@ -54,6 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--protocol", choices=["auto", "ctrate", "radchestct"], default="auto")
     r.add_argument("--out", required=True)
     r.set_defaults(func=_retrieval)
+
+    g = sub.add_parser(
+        "pointing",
+        help="pointing game: how often a finding's saliency peak lies inside its synthetic lesion mask",
+        description="Needs a CLIP checkpoint and a synthetic dataset folder (silverclip synth) with lesion masks.",
+    )
+    g.add_argument("--checkpoint", required=True, help="CLIP checkpoint folder")
+    g.add_argument("--data", required=True, help="synthetic dataset folder (a run's data/ folder)")
+    g.add_argument("--split", choices=["train", "valid"], default="valid")
+    g.add_argument("--max-volumes", type=int, help="only the first N volumes of the split")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--out", required=True, help="report folder")
+    g.set_defaults(func=_pointing)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -111,4 +124,12 @@ def _retrieval(args: argparse.Namespace) -> int:
             rec = ", ".join(f"@{k} {v:.4f}" for k, v in res[key]["recall"].items())
             print(f"{key} Recall{rec} ({args.recall_mode}, gallery {res[key]['n_gallery']} volumes)")
     print(f"-> {args.out}/retrieval.md")
+    return 0
+
+
+def _pointing(args: argparse.Namespace) -> int:
+    from silverclip.eval.pointing import pointing_markdown, run_pointing_game
+
+    result = run_pointing_game(args.checkpoint, args.data, args.out, args.split, args.max_volumes, args.device)
+    print(pointing_markdown(result))
     return 0

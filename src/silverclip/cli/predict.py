@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--templates", help="prompt template set (default: prompts.yaml's default)")
     p.add_argument("--out", help="JSON file to write (one scan: an object; several: a list)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--saliency",
+        metavar="DIR",
+        help="write Grad-CAM maps (NIfTI in the scan's geometry) and a PNG montage per scan into DIR",
+    )
+    p.add_argument(
+        "--findings",
+        help="comma-separated findings to explain with --saliency (default: those predicted present)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -46,13 +56,27 @@ def _run(args: argparse.Namespace) -> int:
                 "template_set": model.template_set,
                 "probabilities": {f: probs[f] for f in model.findings},
                 "extra_findings": {f: probs[f] for f in args.finding},
+                "present": {f: v for f, v in model.decide(probs).items() if f in model.findings},
+                "thresholds": model.thresholds,
+                "provenance": model.provenance,
             }
         )
+        warning = model.domain_warning(scan)
+        if warning:
+            results[-1]["warning"] = warning
+            print(f"WARNING: {warning}", file=sys.stderr)
         print(f"\n{scan}")
-        width = max(len(f) for f in probs)
-        for f, p in probs.items():
-            tag = "  (free text)" if f in args.finding and f not in model.findings else ""
-            print(f"  {f:<{width}}  {p:.4f}{tag}")
+        print("\n".join(model.prediction_lines(probs, args.finding)))
+        if args.saliency:
+            from silverclip.eval.saliency import explain_scan
+
+            asked = [f.strip() for f in args.findings.split(",") if f.strip()] if args.findings else None
+            try:
+                results[-1]["saliency"] = explain_scan(model, scan, args.saliency, asked)
+            except Exception as e:  # a failed map is listed like a failed scan
+                failures.add(scan, scan, e)
+                continue
+            print(f"  saliency: {results[-1]['saliency']['montage']}")
     if args.out and results:
         atomic_write_json(args.out, results[0] if len(args.scan) == 1 else results)
     failures.report()

@@ -411,6 +411,59 @@ class Pipeline:
 
         return (runner or self.runner).run("evaluate", build, config=(emb, ecfg))
 
+    def calibrate(self, checkpoint: str, data: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
+        """Record in the CLIP checkpoint what it was trained on and the zero-shot thresholds the evaluation chose
+        (on the threshold split, see ``evaluate.threshold_volumes``), so that ``silverclip predict`` can say
+        present/absent and warn off its domain. Cheap and idempotent: runs every time the evaluation is there."""
+        import json
+
+        from silverclip.checkpoint import record_calibration
+        from silverclip.data.manifest import read_manifest
+        from silverclip.data.presets import load_preset
+        from silverclip.data.provenance import training_provenance
+
+        src = self.cfg.source
+        train = read_manifest(data["train_manifest"])
+        provenance = training_provenance(
+            src.kind,
+            root=src.root if src.kind == "ctrate" else (src.train_manifest if src.kind == "manifest" else None),
+            first_volume=str(train["path"].iloc[0]) if len(train) else None,
+            preset=load_preset(self.cfg.preprocess.preset).name,
+            version=src.version if src.kind == "ctrate" else None,
+            seed=self.cfg.seed,
+        )
+        zs_file = eval_dir / "zero_shot" / "zero_shot.json"
+        thresholds, source, templates = None, None, None
+        if zs_file.is_file():
+            zs = json.loads(zs_file.read_text())
+            thresholds = {n: float(zs["metrics"][n]["threshold"]) for n in zs["findings"]}
+            source, templates = zs.get("threshold_source"), zs.get("template_set")
+        meta = record_calibration(
+            checkpoint, thresholds=thresholds, threshold_source=source, template_set=templates, provenance=provenance
+        )
+        return {"provenance": meta.get("provenance"), "thresholds": meta.get("thresholds")}
+
+    def pointing(self, checkpoint: str, out: Path, runner: StageRunner | None = None) -> dict[str, Any]:
+        """Pointing game on the synthetic validation volumes (at most ``POINTING_MAX_VOLUMES``)."""
+
+        def build() -> dict[str, Any]:
+            from silverclip.eval.pointing import add_masks, run_pointing_game
+
+            root = self.run_dir / "data"
+            add_masks(root, "valid", progress=self.cfg.progress)  # data made before masks existed: render them
+            res = run_pointing_game(
+                checkpoint,
+                root,
+                out,
+                max_volumes=POINTING_MAX_VOLUMES,
+                device=_device(self.cfg.evaluate.device),
+                progress=self.cfg.progress,
+            )
+            keep = ("hit_rate", "chance", "n_trials", "n_volumes")
+            return {**{k: res[k] for k in keep}, "dir": str(out)}
+
+        return (runner or self.runner).run("pointing", build, config=(checkpoint, POINTING_MAX_VOLUMES))
+
     # ---------------------------------------------------------------- everything
     def external(self, checkpoint: str, out: Path, runner: StageRunner | None = None) -> dict[str, Any]:
         """RAD-ChestCT external test: ingest, preprocess with the run's preset, embed, 16-finding evaluation."""
@@ -522,12 +575,29 @@ class Pipeline:
         if stop("embed"):
             return None
         ev = self.evaluate(emb, data, self.run_dir / "eval")
+        self.calibrate(clip["checkpoint"], data, Path(ev["dir"]))
         summary = {"run_dir": str(self.run_dir), "data": data, "labels": labels, "evaluation": ev}
+        if self.cfg.source.kind == "synth":
+            try:
+                summary["pointing_game"] = self.pointing(clip["checkpoint"], self.run_dir / "eval" / "pointing")
+            except Exception as e:  # a localisation check never costs the run its results
+                log.warning("pointing game failed (%s: %s); silverclip evaluate pointing retries", type(e).__name__, e)
         if self.cfg.external.enabled:
             summary["external"] = self.external(clip["checkpoint"], self.run_dir / "external")
         from silverclip.pipeline.summary import write_summary
 
         summary["report"] = str(write_summary(self.run_dir, summary))
+        try:
+            from silverclip.pipeline.html_report import write_html_report
+
+            summary["report_html"] = str(write_html_report(self.run_dir))
+        except Exception as e:  # the run's results stand without the page; `silverclip report RUN` retries
+            log.warning(
+                "report.html could not be written (%s: %s); rerun `silverclip report %s`",
+                type(e).__name__,
+                e,
+                self.run_dir,
+            )
         return summary
 
 
@@ -538,6 +608,9 @@ def _section_config(cls: type, data: dict[str, Any], section: str) -> Any:
     except ConfigError as e:
         raise ConfigError(f"in section {section}: {e}") from None
 
+
+#: Validation volumes the pipeline's pointing game looks at (Grad-CAM per positive finding: ~0.1 s each on a CPU).
+POINTING_MAX_VOLUMES = 200
 
 STAGE_ORDER = ("data", "preprocess", "labels", "pretrain", "clip", "embed", "evaluate")
 

@@ -49,6 +49,12 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
             )
             + (f", gallery {n_gal} volumes" if n_gal else "")
         )
+    pg = summary.get("pointing_game") or {}
+    if pg.get("hit_rate") is not None:
+        lines.append(
+            f"pointing game (saliency peak inside the lesion mask): {100 * pg['hit_rate']:.1f}% of {pg['n_trials']} "
+            f"finding-volume pairs on {pg['n_volumes']} validation volumes (chance {100 * pg['chance']:.1f}%)"
+        )
     q = summary.get("labels", {}).get("quality")
     if q:
         lines.append(
@@ -66,6 +72,7 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     md += [f"- {line}" for line in headline_lines(summary)]
     md += ["", "## Details", ""]
     links = [
+        ("Everything on one page (self-contained HTML)", run_dir / "report.html"),
         ("Zero-shot per finding, ROC curves", ev_dir / "zero_shot" / "zero_shot.md"),
         ("Retrieval, with example queries", ev_dir / "retrieval" / "retrieval.md"),
     ]
@@ -73,7 +80,7 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     if backend and backend != "gold":
         links.append((f"Silver label quality ({backend})", run_dir / "labels" / f"quality_{backend}.md"))
     for title, path in links:
-        if path.is_file():
+        if path.is_file() or path.name == "report.html":  # report.html is written right after this file
             md.append(f"- [{title}]({path.relative_to(run_dir)})")
     md.append("")
     data = summary["data"]

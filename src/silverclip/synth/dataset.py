@@ -7,6 +7,8 @@
     <out>/multi_abnormality_labels/{train,valid}_predicted_labels.csv      (gold labels: what is drawn)
     <out>/metadata/{train,validation}_metadata.csv                          (CT-RATE's 44 columns)
     <out>/synth_info/{config.yaml, report_status.csv, volumes.csv}          (generator provenance)
+    <out>/synth_info/masks/<volume>_mask.nii.gz        lesion masks: int32, bit i = FINDINGS[i] drawn there,
+                                                       same shape/affine as the volume (volumes.csv: mask_path)
 
 ``format_version=2`` (default) stores HU like CT-RATE v2, in ``train_fixed``/``valid_fixed`` folders as the
 v2 release does; ``format_version=1`` stores raw values ``HU - RescaleIntercept`` (CT-RATE v1) in
@@ -258,21 +260,40 @@ def plan_dataset(cfg: SynthConfig) -> Plan:
     return Plan(jobs, reports, labels, metadata, status)
 
 
-def render_job(job: VolumeJob, format_version: int = 2) -> np.ndarray:
-    """The stored int16 array of ``job`` (stored orientation; HU for v2, HU - intercept for v1)."""
+def render_job(job: VolumeJob, format_version: int = 2, masks: dict | None = None) -> np.ndarray:
+    """The stored int16 array of ``job`` (stored orientation; HU for v2, HU - intercept for v1).
+
+    ``masks``: filled with ``{"bits": int32 lesion bitmask in stored orientation}`` (:func:`mask_bits`).
+    """
+    from silverclip.synth.phantom import mask_bits
+
     noise_scale = 0.8 + 0.5 * float(np.mean(list(job.case.difficulty.values()) or [0.3]))
-    hu = render(job.case, job.geom, job.frame, np.random.default_rng(job.render_seed), job.sharpness, noise_scale)
+    drawn: dict | None = {} if masks is not None else None
+    rng = np.random.default_rng(job.render_seed)
+    hu = render(job.case, job.geom, job.frame, rng, job.sharpness, noise_scale, masks=drawn)
     arr = job.geom.to_stored(hu)
     if format_version == 1:
         arr = (arr.astype(np.int32) - job.intercept).astype(np.int16)
+    if masks is not None:
+        masks["bits"] = np.ascontiguousarray(job.geom.to_stored(mask_bits(drawn, hu.shape)))
     return np.ascontiguousarray(arr)
 
 
-def nifti_bytes(arr: np.ndarray, affine: np.ndarray, compresslevel: int = 4) -> bytes:
-    """A gzipped NIfTI-1 file as bytes, with a zero gzip timestamp so that files are byte-reproducible."""
+def mask_rel_path(job: VolumeJob) -> str:
+    return f"synth_info/masks/{job.name}_mask.nii.gz"
+
+
+def nifti_bytes(arr: np.ndarray, affine: np.ndarray, compresslevel: int = 4, descrip: str = "volume") -> bytes:
+    """A gzipped NIfTI-1 file as bytes, with a zero gzip timestamp so that files are byte-reproducible.
+
+    The header's ``descrip`` starts with the generator's marker (:mod:`silverclip.data.provenance`).
+    """
     import nibabel as nib
 
+    from silverclip.data.provenance import SYNTH_MARKER
+
     img = nib.Nifti1Image(arr, affine)
+    img.header["descrip"] = f"{SYNTH_MARKER} {descrip}"[:79].encode()
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -282,11 +303,15 @@ def nifti_bytes(arr: np.ndarray, affine: np.ndarray, compresslevel: int = 4) -> 
 def _write_job(args: tuple[VolumeJob, str, int, int]) -> tuple[str, str | None]:
     job, out_dir, format_version, level = args
     path = Path(out_dir) / job.rel_path
+    mask = Path(out_dir) / mask_rel_path(job)
     try:
-        if path.exists():
+        if path.exists() and mask.exists():
             return job.name, None
-        arr = render_job(job, format_version)
-        atomic_write_bytes(path, nifti_bytes(arr, job.geom.affine(), level))
+        masks: dict = {}
+        arr = render_job(job, format_version, masks)  # deterministic: a volume rendered again is the same
+        if not path.exists():
+            atomic_write_bytes(path, nifti_bytes(arr, job.geom.affine(), level))
+        atomic_write_bytes(mask, nifti_bytes(masks["bits"], job.geom.affine(), level, descrip="lesion mask"))
         return job.name, None
     except Exception as e:  # one bad volume never stops the run
         return job.name, f"{type(e).__name__}: {e}"
@@ -347,6 +372,7 @@ def make_synthetic_ctrate(out_dir: str | Path, config: SynthConfig | None = None
             {
                 "VolumeName": f"{j.name}.nii.gz",
                 "path": j.rel_path,
+                "mask_path": mask_rel_path(j),
                 "axcodes": "".join(j.geom.axcodes),
                 "shape": "x".join(map(str, j.geom.shape)),
                 "format_version": cfg.format_version,
