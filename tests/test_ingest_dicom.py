@@ -15,6 +15,7 @@ Every object carries a fake patient name, birth date and patient id, which must 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -239,3 +241,45 @@ def test_manifest_runs_through_preprocess(tree, ingested, tmp_path) -> None:
     assert main(["preprocess", "--manifest", str(ingested["out"]), "--preset", "demo", "--out", str(cache)]) == 0
     ids = set(read_manifest(ingested["out"])["volume_id"])
     assert {p.name.split(".")[0] for p in cache.rglob("*.npy")} >= ids
+
+
+def test_batch_predict_manifest_and_folder(tree, ingested, tmp_path, shared_data, capsys) -> None:
+    """The ingested manifest through batch predict: one row per scan, resumable, a failure is a row and listed."""
+    from silverclip.checkpoint import save_checkpoint
+    from silverclip.inference import load
+    from silverclip.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "ckpt", create_model(**TINY_CLIP), preset="demo", task="clip")
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(ingested["out"]), "--checkpoint", str(ckpt), "--out", str(preds)]) == 0
+    df = pd.read_csv(preds, dtype={"volume_id": str})
+    m = read_manifest(ingested["out"])
+    assert list(df["volume_id"]) == list(m["volume_id"]) and (df["status"] == "ok").all()
+    assert list(df["series_id"]) == list(m["series_id"])
+    assert df["Lung nodule"].between(0, 1).all() and not any(c.startswith("present:") for c in df.columns)
+    # the batch numbers equal single-scan predictions of the same series
+    single = load(ckpt).predict(m.iloc[0]["path"])
+    assert df.iloc[0]["Emphysema"] == pytest.approx(single["Emphysema"], abs=1e-5)
+    assert "wrote 3 row(s)" in capsys.readouterr().out
+    assert main(["predict", str(ingested["out"]), "--checkpoint", str(ckpt), "--out", str(preds)]) == 0
+    assert "wrote 0 row(s)" in capsys.readouterr().out and len(pd.read_csv(preds)) == 3
+
+    # a folder: a NIfTI file, a DICOM series folder and a broken NIfTI; thresholds give present/absent columns
+    meta = json.loads((ckpt / "checkpoint.json").read_text())
+    meta["thresholds"] = {"Emphysema": 0.5, "Lung nodule": 0.0}
+    (ckpt / "checkpoint.json").write_text(json.dumps(meta))
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    lidc = shared_data / "ct_samples" / "lidc_idri"
+    shutil.copy(lidc / "LIDC-IDRI-0001_16slices_HU.nii.gz", folder / "a.nii.gz")
+    shutil.copytree(lidc / "LIDC-IDRI-0003", folder / "sub" / "series3")
+    (folder / "broken.nii.gz").write_bytes(b"not a nifti")
+    out = tmp_path / "folder.jsonl"
+    assert main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "2"]) == 1
+    rows = {r["volume_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"a", "broken", "sub__series3"}
+    assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]
+    assert rows["a"]["present"]["Lung nodule"] == 1 and set(rows["a"]["present"]) == {"Emphysema", "Lung nodule"}
+    assert rows["a"]["present"]["Emphysema"] == int(rows["a"]["probabilities"]["Emphysema"] >= 0.5)
+    assert "1 scan(s) failed" in capsys.readouterr().out
