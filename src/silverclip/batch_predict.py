@@ -122,7 +122,7 @@ class _ScanDataset:
     def __getitem__(self, i: int) -> tuple[int, Any, str]:
         from silverclip.data.preprocess import preprocess_volume
         from silverclip.data.readers import load_volume
-        from silverclip.eval.embeddings import model_input
+        from silverclip.data.resample import model_input
 
         it = self.items[i]
         try:
