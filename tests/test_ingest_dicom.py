@@ -283,3 +283,19 @@ def test_batch_predict_manifest_and_folder(tree, ingested, tmp_path, shared_data
     assert rows["a"]["present"]["Lung nodule"] == 1 and set(rows["a"]["present"]) == {"Emphysema", "Lung nodule"}
     assert rows["a"]["present"]["Emphysema"] == int(rows["a"]["probabilities"]["Emphysema"] >= 0.5)
     assert "1 scan(s) failed" in capsys.readouterr().out
+
+
+def test_criteria_file_overrides_and_errors(tmp_path) -> None:
+    from silverclip.data.series_select import load_criteria
+
+    default = load_criteria()
+    assert default.name == "chest_ct" and default.min_z_extent_mm == 200 and default.kernel_rank("B30f") == 0
+    assert default.kernel_rank("B70f") == 1 and default.kernel_rank("XYZ") == 2
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("kernel_preference: ['^LUNG$', '^STANDARD$']\nprefer: [thinnest, kernel]\n")
+    c = load_criteria(mine)
+    assert c.kernel_rank("LUNG") == 0 and c.prefer == ("thinnest", "kernel") and c.min_slices == default.min_slices
+    for text, match in [("min_slice: 3\n", "unknown series criteria key"), ("prefer: [newest]\n", "unknown prefer")]:
+        mine.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_criteria(mine)
