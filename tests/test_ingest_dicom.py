@@ -276,7 +276,23 @@ def test_batch_predict_manifest_and_folder(tree, ingested, tmp_path, shared_data
     shutil.copytree(lidc / "LIDC-IDRI-0003", folder / "sub" / "series3")
     (folder / "broken.nii.gz").write_bytes(b"not a nifti")
     out = tmp_path / "folder.jsonl"
-    assert main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "2"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(folder),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+                "--workers",
+                "1",
+            ]
+        )
+        == 1
+    )
     rows = {r["volume_id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(rows) == {"a", "broken", "sub__series3"}
     assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]

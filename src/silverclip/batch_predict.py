@@ -133,6 +133,12 @@ class _ScanDataset:
             return i, None, msg if isinstance(e, ValueError | OSError | RuntimeError) else f"{type(e).__name__}: {msg}"
 
 
+def _one_thread(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the workers are the parallelism (as in training's DataLoader workers)
+
+
 def _collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
     import torch
 
@@ -233,7 +239,7 @@ def predict_many(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
-        persistent_workers=False,
+        worker_init_fn=_one_thread if workers > 0 else None,
     )
     model = predictor.model
     classifier = predictor.classifier.cpu() if hasattr(predictor.classifier, "cpu") else predictor.classifier
