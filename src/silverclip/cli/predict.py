@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "files and/or DICOM series folders); --out (.csv or .jsonl) gets one row per scan; rerun to resume."
         ),
     )
-    p.add_argument("scan", nargs="+", help="NIfTI file(s) or DICOM series folder(s)")
+    p.add_argument("scan", nargs="+", help="NIfTI file(s) or DICOM series folder(s); or a manifest / folder of scans")
     p.add_argument("--checkpoint", required=True, help="CLIP checkpoint folder")
     p.add_argument("--finding", action="append", default=[], help="extra free-text finding (repeatable)")
     p.add_argument("--templates", help="prompt template set (default: prompts.yaml's default)")
