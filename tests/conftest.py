@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The zero-shot classifier cache of `silverclip.inference.load` goes to a temporary folder, not ~/.cache.
+os.environ.setdefault("SILVERCLIP_CACHE_DIR", tempfile.mkdtemp(prefix="silverclip-test-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SILVERCLIP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

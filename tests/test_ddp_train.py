@@ -7,9 +7,9 @@
   norm, the same weights after 2 steps. DDP averages gradients, which equals the big batch's gradient
   only when the per-rank losses are means over equally many entries (``uncertain_policy=positive``:
   every label entry has weight 1) and the forward pass is batch-independent. BatchNorm in training
-  mode normalises with per-rank batch statistics (by design, and ``norm: group`` cannot avoid it:
-  MONAI 1.6's ResNet applies ``norm`` to the stem only), so both runs train with BatchNorm frozen in
-  eval mode (running statistics), patched into ``SupervisedTask.loss`` identically.
+  mode normalises with per-rank batch statistics (by design; the default ``norm: batch`` is what is
+  tested here), so both runs train with BatchNorm frozen in eval mode (running statistics), patched
+  into ``SupervisedTask.loss`` identically.
 
 In ordinary training BatchNorm *buffers* (running statistics) differ between ranks: DDP broadcasts
 rank 0's buffers at each forward, then every rank updates them with its own batch; rank 0's are saved.

@@ -72,6 +72,40 @@ def test_predict_cli_writes_json(checkpoint, shared_data, tmp_path, capsys):
     assert rc == 1  # a bad scan is reported, not a crash
 
 
+def test_cold_predict_imports_only_what_it_needs(predictor, checkpoint, shared_data, tmp_path):
+    """With the zero-shot classifier cached (by ``load`` above), a fresh ``predict`` builds only the image half
+    of the model: no MONAI, transformers, pandas, scikit-learn or matplotlib import, the same probabilities."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from silverclip.inference import load
+
+    scan = shared_data / "ct_samples" / "lidc_idri" / "LIDC-IDRI-0001_16slices_HU.nii.gz"
+    out = tmp_path / "p.json"
+    code = (
+        "import sys, json; from silverclip.cli import main; "
+        f"rc = main(['predict', {str(scan)!r}, '--checkpoint', {str(checkpoint)!r}, '--out', {str(out)!r}]); "
+        "heavy = ('monai', 'transformers', 'pandas', 'sklearn', 'matplotlib', 'scipy.stats'); "
+        "print(json.dumps([rc, sorted(m for m in heavy if m in sys.modules)]))"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [0, []]
+    probs = json.loads(out.read_text())["probabilities"]
+    ref = predictor.predict(scan)
+    assert probs == pytest.approx({f: ref[f] for f in FINDINGS}, abs=1e-6)
+    cached = load(checkpoint)
+    assert not hasattr(cached.model, "encode_text")  # the image half only
+    assert cached.predict(scan, ["rib fracture"])["rib fracture"] == pytest.approx(
+        predictor.predict(scan, ["rib fracture"])["rib fracture"], abs=1e-6
+    )  # free text loads the text tower on demand
+    assert hasattr(cached.model, "encode_text")
+
+
 def _tiny_dataset(root, n_scans=6):
     preset = load_preset("demo")
     cache = root / "cache"

@@ -135,6 +135,61 @@ def test_resnet18_parameter_count_is_standard() -> None:
     assert sum(p.numel() for p in r3d.parameters()) == _resnet18_body_params(3, (7, 7, 3)) + 400 * 513 == 33_371_472
 
 
+def _monai_resnet(block: str, layers: list[int], **kw):
+    """The MONAI ``ResNet`` our ``ResNet3d`` used to subclass, configured as it was (stem stride 2, no bias)."""
+    nets = pytest.importorskip("monai.networks.nets")
+    return nets.ResNet(
+        block=block,
+        layers=layers,
+        block_inplanes=[64, 128, 256, 512],
+        spatial_dims=3,
+        conv1_t_stride=2,
+        feed_forward=False,
+        bias_downsample=False,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "block", "layers", "kw"),
+    [
+        ("resnet10_3d", "basic", [1, 1, 1, 1], {"widen_factor": 0.25}),
+        ("resnet18_3d", "basic", [2, 2, 2, 2], {"widen_factor": 0.25, "conv1_t_size": (7, 7, 3)}),
+        ("resnet34_3d", "basic", [3, 4, 6, 3], {"widen_factor": 0.125, "shortcut_type": "A"}),
+        ("resnet50_3d", "bottleneck", [3, 4, 6, 3], {"widen_factor": 0.125}),
+    ],
+)
+def test_same_weights_format_and_outputs_as_monai(name: str, block: str, layers: list[int], kw: dict) -> None:
+    """Checkpoints written when ResNet3d subclassed MONAI's ResNet load key by key and compute the same."""
+    ours = create_model(name, num_classes=0, **kw).eval()
+    theirs = _monai_resnet(block, layers, n_input_channels=1, **kw).eval()
+    mine, ref = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(ref)
+    assert {k: tuple(v.shape) for k, v in mine.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for v in ref.values():
+            if v.is_floating_point():
+                v.copy_(torch.rand_like(v) * 0.2 + 0.9 if v.ndim == 1 else v)
+    ours.load_state_dict(ref, strict=True)
+    x = _volume(size=24)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_features(x), theirs(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("norm", "cls"), [("instance", "InstanceNorm3d"), (("group", {"num_groups": 4}), "GroupNorm")])
+def test_norm_applies_to_every_layer(norm, cls: str) -> None:
+    model = create_model("resnet10_3d", norm=norm, widen_factor=0.25)
+    norms = [type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__]
+    assert len(norms) == 1 + 4 * 2 + 3 and set(norms) == {cls}  # stem, 2 per block, 3 projection shortcuts
+    assert not any("running_mean" in k for k in model.state_dict())
+    model(_volume(size=64)).square().mean().backward()  # instance norm needs > 1 voxel after layer4
+    _assert_all_grads(model)
+    assert create_model("resnet10_3d", norm="group", widen_factor=0.25).layer1[0].bn1.num_groups == 16  # 16 channels
+    with pytest.raises(ValueError, match="unknown norm"):
+        create_model("resnet10_3d", norm="layer")
+
+
 def test_first_layer_downsamples() -> None:
     model = create_model("resnet18_3d")
     assert model.conv1.stride == (2, 2, 2) and not model.no_max_pool

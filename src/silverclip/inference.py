@@ -14,10 +14,20 @@ Honest predictions: a checkpoint calibrated by the pipeline (:func:`silverclip.c
 carries per-finding thresholds chosen on a validation split and the provenance of its training data;
 :meth:`Predictor.decide` turns P(present) into present/absent at those thresholds and
 :meth:`Predictor.domain_warning` says when a model trained on synthetic volumes meets a real scan.
+
+Cold start: the zero-shot classifier (the prompt-pair text embeddings) of a checkpoint and template set is
+cached (``$SILVERCLIP_CACHE_DIR``, default ``~/.cache/silverclip``, ``zero_shot/<key>.safetensors``; the key
+hashes ``checkpoint.json``, the weights file's size and time, the findings and every prompt). With the cache,
+:func:`load` builds only the image half of the CLIP model (:class:`~silverclip.models.clip.CLIPImageEncoder`),
+so ``predict`` imports no transformers; the text tower is loaded on first use (extra free-text findings,
+``search``). benchmarks/cold_start.py measures it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,11 +62,17 @@ class Predictor:
         meta: dict[str, Any],
         device: str = "cpu",
         template_set: str | None = None,
+        classifier: torch.Tensor | None = None,
+        checkpoint: str | Path | None = None,
     ) -> None:
         from silverclip.eval.zero_shot import build_zero_shot_classifier, default_template_set, logit_scale_of
 
-        if not all(hasattr(model, a) for a in ("encode_image", "encode_text", "tokenize")):
+        # An image-only model (CLIPImageEncoder) comes with a cached classifier and its checkpoint folder,
+        # from which the full model is loaded when text is needed.
+        needs = ["encode_image"] + ([] if classifier is not None and checkpoint else ["encode_text", "tokenize"])
+        if not all(hasattr(model, a) for a in needs):
             raise TypeError("predict/search need a CLIP checkpoint (encode_image, encode_text, tokenize)")
+        self.checkpoint = checkpoint
         if not meta.get("preset"):
             raise ValueError("the checkpoint stores no preprocessing preset; cannot preprocess a scan for it")
         self.model = model.eval().to(device)
@@ -78,13 +94,23 @@ class Predictor:
         self.provenance: dict[str, Any] = dict(meta.get("provenance") or {})
         self.logit_scale = logit_scale_of(model)
         self.findings = list(meta.get("findings") or FINDINGS)
-        self.classifier = build_zero_shot_classifier(model, self.findings, self.template_set, device=device)
+        if classifier is None:
+            classifier = build_zero_shot_classifier(model, self.findings, self.template_set, device=device)
+        self.classifier = classifier.to(device)
         self._extra: dict[str, torch.Tensor] = {}
+
+    def _text_model(self) -> torch.nn.Module:
+        """The model with its text tower (the full CLIP model is loaded now if only the image half was)."""
+        if not hasattr(self.model, "encode_text"):
+            from silverclip.checkpoint import load_model
+
+            self.model, _ = load_model(self.checkpoint, map_location=self.device)  # type: ignore[arg-type]
+        return self.model
 
     @torch.no_grad()
     def embed(self, scan: str | Path | np.ndarray) -> np.ndarray:
         """Image embedding (E,) of a scan path, or of an HU array already preprocessed to ``preset.shape``."""
-        from silverclip.eval.embeddings import model_input
+        from silverclip.data.resample import model_input
 
         hu = scan if isinstance(scan, np.ndarray) else preprocess_scan(scan, self.preset)
         x = model_input(hu, self.preset).to(self.device)
@@ -95,7 +121,7 @@ class Predictor:
 
         new = [f for f in extra if f not in self._extra and f not in self.findings]
         if new:
-            cls = build_zero_shot_classifier(self.model, new, self.template_set, device=self.device)
+            cls = build_zero_shot_classifier(self._text_model(), new, self.template_set, device=self.device)
             self._extra.update({f: cls[i] for i, f in enumerate(new)})
         names = [*self.findings, *[f for f in extra if f not in self.findings]]
         parts = [self.classifier] + [self._extra[f][None] for f in names[len(self.findings) :]]
@@ -144,7 +170,7 @@ class Predictor:
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         from silverclip.eval.zero_shot import encode_texts
 
-        return encode_texts(self.model, list(texts), device=self.device).numpy()
+        return encode_texts(self._text_model(), list(texts), device=self.device).numpy()
 
     def search(self, text: str, index: Any, k: int = 10) -> list[dict[str, Any]]:
         """The ``k`` volumes of ``index`` (an embeddings folder or Embeddings) closest to ``text``.
@@ -169,9 +195,89 @@ class Predictor:
         ]
 
 
-def load(checkpoint: str | Path, device: str = "cpu", template_set: str | None = None) -> Predictor:
-    """Load a CLIP checkpoint folder (``silverclip.checkpoint``) as a :class:`Predictor`."""
-    from silverclip.checkpoint import load_model
+def cache_dir() -> Path:
+    """``$SILVERCLIP_CACHE_DIR`` or ``$XDG_CACHE_HOME/silverclip`` (default ``~/.cache/silverclip``)."""
+    if os.environ.get("SILVERCLIP_CACHE_DIR"):
+        return Path(os.environ["SILVERCLIP_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "silverclip"
 
+
+def classifier_cache_file(checkpoint: str | Path, meta: dict[str, Any], template_set: str) -> Path:
+    """Where the zero-shot classifier of this checkpoint (its exact files) and template set is cached."""
+    from silverclip.checkpoint import META_FILE, WEIGHTS_FILE
+    from silverclip.eval.zero_shot import load_templates, prompt_pairs
+
+    folder = Path(checkpoint)
+    st = (folder / WEIGHTS_FILE).stat()
+    templates = load_templates(template_set)
+    findings = list(meta.get("findings") or FINDINGS)
+    h = hashlib.sha256()
+    h.update((folder / META_FILE).read_bytes())
+    prompts = [prompt_pairs(f, templates) for f in findings]
+    h.update(json.dumps([st.st_size, st.st_mtime_ns, findings, prompts]).encode())
+    return cache_dir() / "zero_shot" / f"{h.hexdigest()[:32]}.safetensors"
+
+
+def load_image_encoder(checkpoint: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """The image half of a CLIP checkpoint (:class:`~silverclip.models.clip.CLIPImageEncoder`), in eval mode."""
+    from safetensors import safe_open
+
+    from silverclip.checkpoint import WEIGHTS_FILE, read_checkpoint_meta
+    from silverclip.device import resolve_device
+    from silverclip.models.clip import CLIPImageEncoder
+
+    device = str(resolve_device(device))
+    folder = Path(checkpoint)
+    meta = read_checkpoint_meta(folder)
+    model = CLIPImageEncoder.from_config(meta["model_config"])
+    want = model.state_dict()
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt", device=device) as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if k in want}  # noqa: SIM118 - safe_open has no __iter__
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise ValueError(f"{folder / WEIGHTS_FILE}: no image weights {missing[:5]} for {meta['model_config']}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{folder / WEIGHTS_FILE}: weights do not fit the model in checkpoint.json: {e}") from e
+    return model.to(device).eval()
+
+
+def load(checkpoint: str | Path, device: str = "cpu", template_set: str | None = None) -> Predictor:
+    """Load a CLIP checkpoint folder (``silverclip.checkpoint``) as a :class:`Predictor`.
+
+    With a cached zero-shot classifier only the image half is built (the module docstring); otherwise the
+    full model, and the classifier it computes is cached (best effort: an unwritable cache is skipped).
+    """
+    from silverclip.checkpoint import load_model, read_checkpoint_meta
+    from silverclip.eval.zero_shot import default_template_set
+
+    template_set = template_set or default_template_set()
+    meta = read_checkpoint_meta(checkpoint)
+    cache = None
+    if (meta.get("model_config") or {}).get("name") in ("clip", "clip_authors") and meta.get("preset"):
+        try:
+            cache = classifier_cache_file(checkpoint, meta, template_set)
+        except (OSError, ValueError):
+            cache = None
+    if cache is not None and cache.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            classifier = load_file(str(cache))["classifier"]
+            encoder = load_image_encoder(checkpoint, device=device)
+            return Predictor(encoder, meta, device, template_set, classifier=classifier, checkpoint=checkpoint)
+        except (OSError, KeyError, ValueError, RuntimeError):
+            pass  # a damaged cache file: computed again below
     model, meta = load_model(checkpoint, map_location=device)
-    return Predictor(model, meta, device=device, template_set=template_set)
+    predictor = Predictor(model, meta, device=device, template_set=template_set, checkpoint=checkpoint)
+    if cache is not None:
+        from safetensors.torch import save
+
+        from silverclip.io import atomic_write_bytes
+
+        try:
+            atomic_write_bytes(cache, save({"classifier": predictor.classifier.detach().float().cpu().contiguous()}))
+        except OSError:
+            pass
+    return predictor

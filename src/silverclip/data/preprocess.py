@@ -25,10 +25,9 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from silverclip.data.cache import FAILURES_FILE, CacheWriter
 from silverclip.data.presets import Preset, load_preset
@@ -36,6 +35,9 @@ from silverclip.data.readers import Volume, VolumeReadError, load_volume
 from silverclip.data.resample import center_crop_pad, output_shape, resample
 from silverclip.io import FailureLog
 from silverclip.workers import init_worker
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from silverclip.data.cache import VolumeCache
-from silverclip.data.presets import Preset
+from silverclip.data.resample import center_crop, model_input  # noqa: F401 - re-exported (defined there)
 from silverclip.findings import FINDINGS
 from silverclip.io import FailureLog, atomic_save_npy, atomic_write_json
 from silverclip.runs import code_version
@@ -107,20 +107,6 @@ def load_embeddings(path: str | Path) -> Embeddings:
     if len(image_ids) != len(image):
         raise ValueError(f"{path}: image.npy has {len(image)} rows but image_ids.json {len(image_ids)} ids")
     return Embeddings(image_ids, image, text_ids, text, classifiers, meta)
-
-
-def center_crop(array: np.ndarray, crop: Sequence[int]) -> np.ndarray:
-    """Centre crop (X, Y, Z) to ``crop`` (axes smaller than ``crop`` are kept whole): the evaluation view."""
-    slices = []
-    for n, c in zip(array.shape, crop):
-        start = max((n - int(c)) // 2, 0)
-        slices.append(slice(start, start + min(int(c), n)))
-    return array[tuple(slices)]
-
-
-def model_input(hu: np.ndarray, preset: Preset) -> torch.Tensor:
-    """Cached int16 HU volume (preset.shape) -> centre-cropped, normalised tensor (1, 1, X, Y, Z) float32."""
-    return torch.from_numpy(np.ascontiguousarray(preset.normalize(center_crop(hu, preset.crop))))[None, None]
 
 
 def checkpoint_includes_impressions(checkpoint_meta: dict[str, Any]) -> bool:

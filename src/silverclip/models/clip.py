@@ -22,7 +22,10 @@ import torch.nn.functional as F
 
 from silverclip.models.registry import create_model, register_model
 
-__all__ = ["CLIP", "clip", "clip_authors"]
+__all__ = ["AUTHORS_DEFAULTS", "CLIP", "CLIPImageEncoder", "clip", "clip_authors"]
+
+# What ``clip_authors`` changes from ``clip``.
+AUTHORS_DEFAULTS: dict[str, Any] = {"normalize": False, "learnable_temperature": False, "init_temperature": 1.0}
 
 
 class CLIP(nn.Module):
@@ -112,6 +115,49 @@ class CLIP(nn.Module):
         return {"loaded": sorted(state), "dropped": dropped}
 
 
+class CLIPImageEncoder(nn.Module):
+    """The image half of a :class:`CLIP` (``image_tower``, ``image_proj``, ``logit_scale``; the same state-dict
+    keys), for inference that needs no text tower: ``silverclip predict`` with cached prompt embeddings starts
+    without importing transformers. :meth:`from_config` takes a CLIP ``model_config``."""
+
+    def __init__(
+        self,
+        image: dict[str, Any] | None = None,
+        embed_dim: int = 512,
+        normalize: bool = True,
+        init_temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+        **_text_options: Any,
+    ) -> None:
+        super().__init__()
+        image_cfg = {"name": "resnet18_3d", "num_classes": 0, **(image or {})}
+        self.image_tower = create_model(**image_cfg)
+        self.image_proj = nn.Linear(self.image_tower.num_features, embed_dim, bias=False)
+        self.embed_dim = embed_dim
+        self.normalize = normalize
+        self.max_logit_scale = max_logit_scale
+        self.register_buffer("logit_scale", torch.tensor(math.log(1.0 / init_temperature)))
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> CLIPImageEncoder:
+        if cfg.get("name") not in ("clip", "clip_authors"):
+            raise ValueError(f"not a CLIP model config: {cfg.get('name')!r}")
+        kw = {k: v for k, v in cfg.items() if k not in ("name", "text", "learnable_temperature")}
+        if cfg["name"] == "clip_authors":
+            kw = {**{k: v for k, v in AUTHORS_DEFAULTS.items() if k != "learnable_temperature"}, **kw}
+        image = dict(kw.pop("image", None) or {})
+        image.pop("weights", None)
+        image.pop("weights_source", None)
+        return cls(image=image, **kw)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.image_proj(self.image_tower.forward_features(images))
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+    def get_logit_scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+
+
 @register_model
 def clip(**kw: Any) -> CLIP:
     """Standard CLIP (normalised embeddings, learnable temperature); see :class:`CLIP`."""
@@ -121,5 +167,4 @@ def clip(**kw: Any) -> CLIP:
 @register_model
 def clip_authors(**kw: Any) -> CLIP:
     """The paper authors' variant: no L2 normalisation, fixed logit scale 1."""
-    kw = {"normalize": False, "learnable_temperature": False, "init_temperature": 1.0, **kw}
-    return CLIP(**kw)
+    return CLIP(**{**AUTHORS_DEFAULTS, **kw})
