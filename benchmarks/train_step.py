@@ -5,8 +5,9 @@ Measures, at a stated input size and batch, on CPU or GPU (``--device auto``):
   offline MiniLM BERT + ClipLoss + AdamW): volumes/s and peak memory;
 - variants as ratios against the fp32 baseline measured in the same run: bf16 autocast,
   channels_last_3d, torch.compile (``--compile``; its compile time is reported separately);
-- the cache data loader's volumes/s (memory-mapped int16, random crop, normalise) next to the
-  model's step rate: ``data/model > 1`` means data keeps the model fed.
+- the cache data loader's volumes/s (memory-mapped int16, random crop; normalisation happens on the device
+  in the step, see benchmarks/loader.py) next to the model's step rate: ``data/model > 1`` means data keeps
+  the model fed.
 
 Usage: ``python benchmarks/train_step.py [--size 96 96 48] [--batch 2] [--steps 3] [--compile] [--workers 0]``.
 The default CPU run takes about 2 minutes of CPU time on 2 idle cores (longer on a shared machine).
@@ -138,9 +139,7 @@ def main() -> None:
         f"input (1, {size[0]}, {size[1]}, {size[2]}), batch {args.batch}, {args.steps} timed steps"
     )
     loader_vps = bench_loader(size, args.batch, args.workers)
-    print(
-        f"data loader (memmap int16 cache, random crop + normalise, {args.workers} workers): {loader_vps:.1f} volumes/s"
-    )
+    print(f"data loader (memmap int16 cache, random int16 crop, {args.workers} workers): {loader_vps:.1f} volumes/s")
     variants = [("fp32", {}), ("bf16 autocast", {"bf16": True}), ("channels_last_3d", {"channels_last": True})]
     if args.compile:
         variants.append(("torch.compile", {"compile_": True}))

@@ -3,6 +3,8 @@
 - the run finishes on both ranks;
 - only rank 0 writes into the run folder (an audit hook on every rank records file writes there);
 - both ranks end with identical parameters, and rank 0's are the saved ``last/`` weights;
+- every rank validates its own share of the validation set (gathered: the one-process numbers), and each
+  rank seeds its own RNG (dropout);
 - 2 processes x batch 2 take the same steps as 1 process x batch 4: the same logged loss and gradient
   norm, the same weights after 2 steps. DDP averages gradients, which equals the big batch's gradient
   only when the per-rank losses are means over equally many entries (``uncertain_policy=positive``:
@@ -84,7 +86,20 @@ sys.addaudithook(hook)
 
 from silverclip import distributed
 from silverclip.cli import main
+from silverclip.eval import embeddings
 from silverclip.train import tasks
+
+validated = []
+encode = embeddings.encode_batches
+
+
+def counting(*args, **kwargs):
+    for part in encode(*args, **kwargs):
+        validated.extend(part["ids"])
+        yield part
+
+
+embeddings.encode_batches = counting
 
 tasks.SupervisedTask.loss = frozen_batchnorm(tasks.SupervisedTask.loss)
 models = []
@@ -94,6 +109,9 @@ rc = main(argv)
 params = dict(models[0].named_parameters())
 names = sorted(params)
 result = {"rank": rank, "rc": rc, "names": names, "params": _digest(params, names), "writes": writes}
+import torch
+
+result.update(validated=validated, seed=torch.initial_seed())
 (out / f"rank{rank}.json").write_text(json.dumps(result))
 distributed.cleanup()
 """
@@ -123,9 +141,13 @@ def _argv(p, run, batch: int) -> list[str]:
     ]
 
 
-def _train_records(run) -> list[dict]:
+def _records(run, kind: str) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "train"]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def _train_records(run) -> list[dict]:
+    return _records(run, "train")
 
 
 def test_two_process_ddp_matches_one_process_big_batch(tmp_path, monkeypatch):
@@ -150,6 +172,12 @@ def test_two_process_ddp_matches_one_process_big_batch(tmp_path, monkeypatch):
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rc"] for r in ranks] == [0, 0]
 
+    # every rank validated its own share (the 4 validation volumes once in all), none waited for rank 0 alone;
+    # and each rank drew from its own seed (dropout differs between ranks)
+    shares = [r["validated"] for r in ranks]
+    assert all(shares) and not set(shares[0]) & set(shares[1]) and len(shares[0]) + len(shares[1]) == 4
+    assert [r["seed"] for r in ranks] == [0, 1]
+
     # only rank 0 wrote into the run folder (and it did write: the audit hook works)
     assert ranks[1]["writes"] == []
     written = {os.path.relpath(w[1], ddp_run) for w in ranks[0]["writes"]}
@@ -170,6 +198,11 @@ def test_two_process_ddp_matches_one_process_big_batch(tmp_path, monkeypatch):
     for a, b in zip(ddp_rec, one_rec):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)  # mean over ranks = big-batch mean
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)  # averaged, not summed, gradients
+    # the gathered validation scores the whole set: the one-process numbers (weights agree to ~1e-5)
+    ddp_val, one_val = (_records(run, "val") for run in (ddp_run, one_run))
+    assert len(ddp_val) == len(one_val) == 1
+    assert ddp_val[0]["mean_auc"] == pytest.approx(one_val[0]["mean_auc"], abs=1e-6)
+    assert ddp_val[0]["loss"] == pytest.approx(one_val[0]["loss"], rel=1e-4)
     single = load_file(str(one_run / "last" / "model.safetensors"))
     init = _initial_weights()
     moved = np.sqrt(sum(float(((single[k] - init[k]) ** 2).sum()) for k in ranks[0]["names"]))

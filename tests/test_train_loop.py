@@ -27,26 +27,30 @@ def cache(tmp_path_factory) -> VolumeCache:
     return VolumeCache(make_cache(tmp_path_factory.mktemp("cache")))
 
 
-def test_centre_crop_is_the_normalised_centre(cache):
+def test_centre_crop_is_the_stored_centre_and_normalises_to_the_preset(cache):
     ds = VolumeDataset(cache, ids()[:2], train=False)
-    x = ds[0]["image"]
-    assert x.shape == (1, *TINY_PRESET.crop) and x.dtype == torch.float32
+    item = ds[0]
+    x = item["image"]
+    assert x.shape == (1, *TINY_PRESET.crop) and x.dtype == torch.int16 and "flip" not in item  # the worker's output
     vol = cache.load(ids()[0])
     (cx, cy, cz), (sx, sy, sz) = TINY_PRESET.crop, TINY_PRESET.shape
     x0, y0, z0 = (sx - cx) // 2, (sy - cy) // 2, (sz - cz) // 2
-    ref = TINY_PRESET.normalize(vol[x0 : x0 + cx, y0 : y0 + cy, z0 : z0 + cz])
-    np.testing.assert_array_equal(x[0].numpy(), ref)
-    assert x.min() >= -1 and x.max() <= 1
+    raw = vol[x0 : x0 + cx, y0 : y0 + cy, z0 : z0 + cz]
+    np.testing.assert_array_equal(x[0].numpy(), raw)
+    normalised = ds.load_image(0)  # what the model sees (normalised on the device in training)
+    assert normalised.dtype == torch.float32
+    np.testing.assert_array_equal(normalised[0].numpy(), TINY_PRESET.normalize(raw))
+    assert normalised.min() >= -1 and normalised.max() <= 1
     assert torch.equal(ds[(5, 0)]["image"], x)  # evaluation ignores the epoch
 
 
 def test_random_crops_are_seeded_per_sample(cache):
     ds = VolumeDataset(cache, ids(), train=True, random_flip=True, seed=3)
-    a, b = ds[(1, 4)]["image"], ds[(1, 4)]["image"]
-    assert torch.equal(a, b)
-    assert not torch.equal(a, ds[(2, 4)]["image"])  # another epoch, another crop
+    a, b = ds.load_image(4, 1), ds.load_image(4, 1)
+    assert torch.equal(a, b) and ds[(1, 4)]["flip"].dtype == torch.bool
+    assert not torch.equal(a, ds.load_image(4, 2))  # another epoch, another crop
     other_seed = VolumeDataset(cache, ids(), train=True, random_flip=True, seed=4)
-    assert not torch.equal(a, other_seed[(1, 4)]["image"])
+    assert not torch.equal(a, other_seed.load_image(4, 1))
     # every random crop is a sub-block of the normalised volume (possibly flipped)
     full = torch.from_numpy(TINY_PRESET.normalize(cache.load(ids()[4])))
     crops = full.unfold(0, 24, 1).unfold(1, 24, 1).unfold(2, 16, 1)  # (9, 9, 9, 24, 24, 16)

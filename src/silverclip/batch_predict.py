@@ -120,9 +120,9 @@ class _ScanDataset:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[int, Any, str]:
+        from silverclip.data.model_input import volume_tensor as model_input
         from silverclip.data.preprocess import preprocess_volume
         from silverclip.data.readers import load_volume
-        from silverclip.data.resample import model_input
 
         it = self.items[i]
         try:

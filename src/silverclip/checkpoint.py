@@ -53,6 +53,7 @@ __all__ = [
     "unwrap_model",
     "capture_rng_state",
     "restore_rng_state",
+    "recover_checkpoint",
     "training_state_dict",
     "save_training_state",
     "load_training_state",
@@ -328,7 +329,13 @@ def _fsync(path: Path) -> None:
 
 
 def _swap_in(tmp: Path, folder: Path) -> None:
-    # A directory cannot be os.replace()d over a non-empty one: move the old one aside first.
+    """Put the complete checkpoint ``tmp`` at ``folder``.
+
+    A directory cannot be ``os.replace()``d over a non-empty one, so the old one is moved aside first:
+    between the two renames ``folder`` does not exist, but ``.<name>.old-*`` (the previous checkpoint) and
+    ``.<name>.tmp-*`` (the new one, complete: its ``checkpoint.json`` is written last) both do, and
+    :func:`recover_checkpoint` puts the newest complete one back. A process killed there loses nothing.
+    """
     old = None
     if folder.exists():
         old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
@@ -336,6 +343,35 @@ def _swap_in(tmp: Path, folder: Path) -> None:
     os.replace(tmp, folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(folder: str | Path) -> Path | None:
+    """Repair ``folder`` after a process died inside :func:`_swap_in`; returns what was put back (or None).
+
+    When ``folder`` is missing, the newest complete sibling (``.<name>.tmp-*`` written to replace it, or
+    ``.<name>.old-*`` moved aside for it; by their ``checkpoint.json`` step, the new one first on a tie) is
+    renamed into place. Incomplete temporaries (no ``checkpoint.json``: the process died while writing)
+    and leftovers beside a present ``folder`` are deleted. Call from one process only (rank 0).
+    """
+    folder = Path(folder)
+    siblings = sorted(folder.parent.glob(f".{folder.name}.tmp-*")) + sorted(folder.parent.glob(f".{folder.name}.old-*"))
+    restored = None
+    if not folder.exists():
+        complete = []
+        for rank, path in enumerate(siblings):
+            try:
+                step = int(read_checkpoint_meta(path)["step"]) if is_checkpoint(path) else None
+            except (ValueError, OSError):
+                step = None
+            if step is not None:
+                complete.append((step, -rank, path))  # tmp-* sort before old-*: the newer on equal steps
+        if complete:
+            restored = max(complete)[2]
+            os.replace(restored, folder)
+    for path in siblings:
+        if path != restored and path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+    return folder if restored is not None else None
 
 
 # ------------------------------------------------------------------------------------ training state
@@ -359,8 +395,10 @@ def capture_rng_state() -> dict[str, Any]:
             "gauss_next": py_gauss,
         },
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this process's own device only: with one visible GPU per process (or all GPUs visible to every
+        # process) each rank saves and restores the generator it actually draws from
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -380,7 +418,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     p = state["python"]
     random.setstate((int(p["version"]), tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        cuda = state["cuda"]
+        device = torch.cuda.current_device()
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible device's state
+            cuda = cuda[device] if device < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 def training_state_dict(

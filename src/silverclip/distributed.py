@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ __all__ = [
     "is_main_process",
     "barrier",
     "broadcast_object",
+    "all_gather_objects",
     "all_gather_with_grad",
     "all_gather_varlen",
     "all_reduce_mean",
@@ -42,12 +44,21 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(backend: str | None = None, device: str | None = None) -> DistInfo:
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def init_distributed(
+    backend: str | None = None, device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> DistInfo:
     """Join the process group described by torchrun's environment variables, if any.
 
     ``backend`` defaults to ``nccl`` when CUDA is available, else ``gloo``. ``device`` defaults to
     ``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``; the CUDA device is made current.
-    ``device="auto"`` is the same as ``None``.
+    ``device="auto"`` is the same as ``None``. ``timeout_s``: how long a collective may wait for the
+    slowest rank before the job fails (``train.dist_timeout_s``; set explicitly rather than left to the
+    backend's default, which differs between NCCL and gloo and between torch versions). Every rank
+    validates its share and rank 0's checkpoint writes are short, so the only long waits are a slow
+    rank's data; raise it for very slow storage.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -60,7 +71,9 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
     if world_size > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         kwargs = {"device_id": dev} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=float(timeout_s)), **kwargs
+        )
     return DistInfo(rank=get_rank(), local_rank=local_rank, world_size=get_world_size(), device=dev)
 
 
@@ -93,6 +106,18 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a single process).
+
+    For sharded evaluation (each rank's ids and embeddings; only objects this run created: it pickles).
+    """
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:

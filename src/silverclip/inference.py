@@ -110,11 +110,13 @@ class Predictor:
     @torch.no_grad()
     def embed(self, scan: str | Path | np.ndarray) -> np.ndarray:
         """Image embedding (E,) of a scan path, or of an HU array already preprocessed to ``preset.shape``."""
-        from silverclip.data.resample import model_input
+        from silverclip.data.model_input import volume_tensor as model_input
+        from silverclip.precision import autocast
 
         hu = scan if isinstance(scan, np.ndarray) else preprocess_scan(scan, self.preset)
-        x = model_input(hu, self.preset).to(self.device)
-        return self.model.encode_image(x).float().cpu().numpy()[0]
+        x = model_input(hu, self.preset, self.device)  # the stored crop travels, normalised on the device
+        with autocast(self.device, "auto"):  # bf16 on a GPU, as embed and validation
+            return self.model.encode_image(x).float().cpu().numpy()[0]
 
     def _classifier_for(self, extra: Sequence[str]) -> tuple[list[str], torch.Tensor]:
         from silverclip.eval.zero_shot import build_zero_shot_classifier

@@ -14,20 +14,26 @@ __all__ = ["ClipLoss", "clip_logits", "masked_bce", "masked_bce_with_logits", "M
 def clip_logits(
     image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float, gather: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Local rows against global columns.
+    """Local rows against global columns, in float32 (autocast is switched off here).
 
     Returns ``logits_per_image`` ``(B, W*B)`` (local images vs all texts), ``logits_per_text``
     ``(B, W*B)`` (local texts vs all images) and ``labels`` ``(B,)`` = ``arange(B) + rank * B``.
     """
     batch = image_embeds.shape[0]
-    if gather and get_world_size() > 1:
-        all_images = all_gather_with_grad(image_embeds)
-        all_texts = all_gather_with_grad(text_embeds)
-        offset = get_rank() * batch
-    else:
-        all_images, all_texts, offset = image_embeds, text_embeds, 0
-    logits_per_image = logit_scale * image_embeds @ all_texts.T
-    logits_per_text = logit_scale * text_embeds @ all_images.T
+    # float32 whatever the caller's autocast: under bf16 the products of unit vectors scaled by up to 100 would
+    # keep 8 bits of mantissa (logits in steps of ~0.4), enough to blur the softmax over W*B candidates
+    with torch.autocast(device_type=image_embeds.device.type, enabled=False):
+        image_embeds, text_embeds = image_embeds.float(), text_embeds.float()
+        if isinstance(logit_scale, torch.Tensor):
+            logit_scale = logit_scale.float()
+        if gather and get_world_size() > 1:
+            all_images = all_gather_with_grad(image_embeds)
+            all_texts = all_gather_with_grad(text_embeds)
+            offset = get_rank() * batch
+        else:
+            all_images, all_texts, offset = image_embeds, text_embeds, 0
+        logits_per_image = logit_scale * image_embeds @ all_texts.T
+        logits_per_text = logit_scale * text_embeds @ all_images.T
     labels = torch.arange(batch, device=image_embeds.device) + offset
     return logits_per_image, logits_per_text, labels
 
@@ -53,10 +59,8 @@ class ClipLoss(nn.Module):
         self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float = 1.0
     ) -> torch.Tensor:
         logits_per_image, logits_per_text, labels = clip_logits(image_embeds, text_embeds, logit_scale, self.gather)
-        # float(): under bf16 autocast the logits are bf16; cross-entropy is computed in fp32.
-        return (
-            F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)
-        ) / 2
+        with torch.autocast(device_type=logits_per_image.device.type, enabled=False):  # float32 logits and loss
+            return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
 def masked_bce_with_logits(

@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-text", action="store_true", help="skip report embeddings")
     p.add_argument("--template-sets", nargs="*", help="zero-shot template sets to store (default: all)")
     p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0, help="loader worker processes (reading and tokenising)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on a GPU")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_run)
 
@@ -46,6 +48,8 @@ def _run(args: argparse.Namespace) -> int:
         args.out,
         template_sets=args.template_sets or None,
         batch_size=args.batch_size,
+        num_workers=args.workers,
+        precision=args.precision,
         device=args.device,
         texts=not args.no_text,
         include_impressions=args.include_impressions,

@@ -10,7 +10,8 @@ Layout of a cache folder::
 
 Volumes are stored in HU (not normalised) so one cache serves any output range, and int16 keeps
 a 240x240x120 volume at 13.8 MB and lets readers memory-map it (``np.load(mmap_mode="r")``):
-a random crop then reads only the bytes it touches.
+a random crop then reads only the bytes it touches. A preset with ``cache_dtype: uint8`` (``paper_uint8``)
+stores the window's 8-bit codes instead (6.9 MB; 4.7 HU steps for the paper window, docs/training.md).
 """
 
 from __future__ import annotations
@@ -49,12 +50,17 @@ class VolumeCache:
         """Ids of all complete volumes (temporary files from interrupted writes are ignored)."""
         return sorted(p.stem for p in (self.root / VOLUMES_DIR).glob("*.npy"))
 
-    def load(self, volume_id: str, mmap: bool = True) -> np.ndarray:
-        """The int16 HU array of ``volume_id``, shape ``preset.shape``, memory-mapped by default."""
+    def load(self, volume_id: str, mmap: bool = True, copy_on_write: bool = False) -> np.ndarray:
+        """The int16 HU array of ``volume_id``, shape ``preset.shape``, memory-mapped by default.
+
+        ``copy_on_write``: map it writable (``mmap_mode="c"``; writes stay in this process, the file is never
+        changed), so that torch can wrap a slice without a copy or a read-only warning.
+        """
         path = self.path(volume_id)
         if not path.is_file():
             raise FileNotFoundError(f"volume {volume_id!r} is not in cache {self.root}")
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        mode = ("c" if copy_on_write else "r") if mmap else None
+        return np.load(path, mmap_mode=mode, allow_pickle=False)
 
 
 class CacheWriter:
@@ -92,12 +98,13 @@ class CacheWriter:
         return self.path(volume_id).is_file()
 
     def write(self, volume_id: str, array: np.ndarray) -> Path:
-        """Atomically save one preprocessed volume (int16, shape ``preset.shape``)."""
+        """Atomically save one preprocessed volume (``preset.cache_dtype``, ``preset.shape``)."""
         from silverclip.io import atomic_save_npy
 
-        if array.dtype != np.int16 or tuple(array.shape) != tuple(self.preset.shape):
+        dtype = np.dtype(self.preset.cache_dtype)
+        if array.dtype != dtype or tuple(array.shape) != tuple(self.preset.shape):
             raise ValueError(
-                f"{volume_id}: cache volumes must be int16 {self.preset.shape}, got {array.dtype} {array.shape}"
+                f"{volume_id}: cache volumes must be {dtype} {self.preset.shape}, got {array.dtype} {array.shape}"
             )
         path = self.path(volume_id)
         atomic_save_npy(path, array)

@@ -78,7 +78,9 @@ def check_geometry(volume: Volume, preset: Preset) -> None:
 
 
 def preprocess_volume(volume: Volume, preset: Preset | str) -> np.ndarray:
-    """A canonical Volume -> int16 HU array of shape ``preset.shape`` (x, y, z), clipped to ``preset.window``.
+    """A canonical Volume -> int16 HU array of shape ``preset.shape`` (x, y, z), clipped to ``preset.window``
+    (for a preset with ``cache_dtype: uint8``, its 8-bit window codes:
+    :func:`~silverclip.data.model_input.quantize_window`).
 
     Raises :class:`~silverclip.data.readers.VolumeReadError` for an absurd geometry (:func:`check_geometry`).
     """
@@ -92,7 +94,12 @@ def preprocess_volume(volume: Volume, preset: Preset | str) -> np.ndarray:
         t.clamp_(lo, hi).round_()
         arr = t.to(torch.int16).numpy()
     pad = np.int16(np.clip(preset.pad_hu, lo, hi))
-    return center_crop_pad(arr, preset.shape, pad)
+    out = center_crop_pad(arr, preset.shape, pad)
+    if preset.cache_dtype == "uint8":
+        from silverclip.data.model_input import quantize_window
+
+        out = quantize_window(out, preset.window)
+    return out
 
 
 def preprocess_path(
@@ -103,7 +110,8 @@ def preprocess_path(
 ) -> np.ndarray:
     """Read one scan (NIfTI, DICOM folder or .npz) and preprocess it: what ``silverclip predict`` feeds the model.
 
-    Returns int16 HU, shape ``preset.shape``; ``preset.normalize`` maps it to the model's input range.
+    Returns int16 HU (uint8 codes for an 8-bit preset), shape ``preset.shape``, as the cache stores it;
+    :func:`silverclip.data.model_input.normalize_batch` maps either to the model's input range.
     """
     return preprocess_volume(load_volume(path, rescale=rescale, spacing=spacing), preset)
 

@@ -16,7 +16,6 @@ Output voxel ``o`` along an axis samples input coordinate ``(o + 0.5) * out_spac
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -99,18 +98,3 @@ def center_crop_pad(array: np.ndarray, shape: Sequence[int], pad_value: float) -
             dst.append(slice(a, a + n))
     out[tuple(dst)] = array[tuple(src)]
     return out
-
-
-def center_crop(array: np.ndarray, crop: Sequence[int]) -> np.ndarray:
-    """Centre crop (X, Y, Z) to ``crop`` (axes smaller than ``crop`` are kept whole): the evaluation view."""
-    slices = []
-    for n, c in zip(array.shape, crop):
-        start = max((n - int(c)) // 2, 0)
-        slices.append(slice(start, start + min(int(c), n)))
-    return array[tuple(slices)]
-
-
-def model_input(hu: np.ndarray, preset: Any) -> torch.Tensor:
-    """Cached int16 HU volume (preset.shape) -> centre-cropped, normalised tensor (1, 1, X, Y, Z) float32
-    (``preset`` a :class:`~silverclip.data.presets.Preset`)."""
-    return torch.from_numpy(np.ascontiguousarray(preset.normalize(center_crop(hu, preset.crop))))[None, None]

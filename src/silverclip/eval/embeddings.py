@@ -17,10 +17,11 @@ image embeddings with (F, 2, E), retrieval a chunked product of stored embedding
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from silverclip.data.cache import VolumeCache
-from silverclip.data.resample import center_crop, model_input  # noqa: F401 - re-exported (defined there)
+from silverclip.data.presets import Preset
 from silverclip.findings import FINDINGS
 from silverclip.io import FailureLog, atomic_save_npy, atomic_write_json
 from silverclip.runs import code_version
@@ -109,6 +110,22 @@ def load_embeddings(path: str | Path) -> Embeddings:
     return Embeddings(image_ids, image, text_ids, text, classifiers, meta)
 
 
+def center_crop(array: np.ndarray, crop: Sequence[int]) -> np.ndarray:
+    """Centre crop (X, Y, Z) to ``crop``: the evaluation view (:func:`silverclip.data.model_input.center_crop`,
+    the one definition training validation uses too)."""
+    from silverclip.data.model_input import center_crop as crop_centre
+
+    return crop_centre(array, crop)
+
+
+def model_input(hu: np.ndarray, preset: Preset, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Cached int16 HU volume (preset.shape) -> centre-cropped, normalised tensor (1, 1, X, Y, Z) float32 on
+    ``device`` (:func:`silverclip.data.model_input.volume_tensor`)."""
+    from silverclip.data.model_input import volume_tensor
+
+    return volume_tensor(hu, preset, device)
+
+
 def checkpoint_includes_impressions(checkpoint_meta: dict[str, Any]) -> bool:
     """Whether the CLIP run that wrote a checkpoint trained on Findings + Impressions (``extra``
     ``include_impressions``, recorded by the CLIP stage); False (Findings only, the paper's choice) for
@@ -146,6 +163,64 @@ class _Shards:
 
 
 @torch.no_grad()
+def encode_batches(
+    loader: Iterable[dict[str, Any]],
+    preset: Preset,
+    device: str | torch.device,
+    encode_image: Callable[[torch.Tensor], torch.Tensor],
+    encode_text: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The one evaluation loop: loader batches (stored crops + tokens, :class:`silverclip.train.data.Collate`)
+    -> per-batch outputs on the host, float32.
+
+    Used by training validation (both tasks) and :func:`compute_embeddings`. Each batch's crops go to
+    ``device`` as stored and are normalised there (:func:`silverclip.data.model_input.normalize_batch`);
+    ``encode_image`` (a CLIP's ``encode_image`` or a classifier's forward) and ``encode_text`` run under
+    ``autocast`` (bf16 on a GPU). Yields ``{"ids", "image" (B, ...), "text_ids", "text" (T, E) or None,
+    "failed": [(id, message)], "batch": the loader batch}``.
+    """
+    from silverclip.data.model_input import normalize_batch
+
+    autocast = autocast or contextlib.nullcontext
+    for batch in loader:
+        out: dict[str, Any] = {
+            "ids": [],
+            "image": None,
+            "text_ids": [],
+            "text": None,
+            "failed": batch.get("failed", []),
+        }
+        out["batch"] = batch
+        if "image" in batch:
+            x = normalize_batch(batch["image"].to(device, non_blocking=True), preset)
+            with autocast():
+                out["image"] = encode_image(x).float().cpu().numpy()
+            out["ids"] = list(batch["id"])
+            if encode_text is not None and "tokens" in batch:
+                tokens = {k: v.to(device, non_blocking=True) for k, v in batch["tokens"].items()}
+                with autocast():
+                    out["text"] = encode_text(tokens).float().cpu().numpy()
+                out["text_ids"] = [out["ids"][i] for i in batch["text_rows"].tolist()]
+        yield out
+
+
+def gather_in_order(parts: dict[str, list], order: Sequence[str]) -> dict[str, list]:
+    """Per-rank lists (``ids`` plus aligned columns) gathered from every rank, sorted by ``order`` (dataset order).
+
+    ``parts``: ``{"ids": [...], column: [...], ...}`` of this rank; returns the same keys for the whole set on
+    every rank (the rank split never changes the result). Single process: sorted only.
+    """
+    from silverclip.distributed import all_gather_objects
+
+    gathered = all_gather_objects(parts)
+    merged = {k: [v for p in gathered for v in p[k]] for k in parts}
+    position = {vid: i for i, vid in enumerate(order)}
+    idx = sorted(range(len(merged["ids"])), key=lambda i: position[merged["ids"][i]])
+    return {k: [v[i] for i in idx] for k, v in merged.items()}
+
+
+@torch.no_grad()
 def compute_embeddings(
     model: torch.nn.Module | str | Path,
     cache: str | Path | VolumeCache,
@@ -161,14 +236,19 @@ def compute_embeddings(
     include_impressions: bool | None = None,
     split: str | None = None,
     progress: bool = True,
+    num_workers: int = 0,
+    precision: str = "auto",
 ) -> tuple[Embeddings, FailureLog]:
     """Embed every manifest volume found in ``cache`` (and its report), plus the zero-shot classifiers.
 
     ``model`` is a CLIP model (``encode_image``, ``encode_text``, ``tokenize``) or a CLIP checkpoint
     folder (loaded onto ``device``; its path, model config and step go into ``meta``). ``manifest``: a
     CSV/Parquet path or a frame with ``volume_id`` (+ ``findings``, ``impressions``, ``split``), read by
-    :func:`silverclip.train.data.read_report_manifest`. Volumes are centre-cropped to the cache preset's
-    ``crop`` and normalised. Finished shards of an earlier run in ``out/parts`` are reused (resume).
+    :func:`silverclip.train.data.read_report_manifest`. Volumes go through training's data path: a
+    :class:`~silverclip.train.data.ReportVolumeDataset` (centre crop of the preset's ``crop``) in a loader
+    (``num_workers`` processes, tokenising there), batches of ``batch_size`` normalised on ``device`` and
+    encoded under ``precision`` (``auto``: bf16 on a GPU), by :func:`encode_batches`, the loop training
+    validation runs. Finished shards of an earlier run in ``out/parts`` are reused (resume).
     Per-volume failures (missing from the cache, unreadable) are collected, not raised.
     Report text (:func:`silverclip.train.data.report_text`) = Findings, + Impressions when
     ``include_impressions``; None = what the checkpoint's CLIP run trained on (a checkpoint folder's
@@ -176,8 +256,9 @@ def compute_embeddings(
     of that split.
     Returns the saved :class:`Embeddings` and the failure log (also written to ``out/failures.json``).
     """
+    from silverclip import precision as precisions
     from silverclip.eval.zero_shot import build_zero_shot_classifier, list_template_sets, logit_scale_of
-    from silverclip.train.data import read_report_manifest, report_text
+    from silverclip.train.data import Collate, ReportVolumeDataset, make_loader, read_report_manifest, report_text
 
     if isinstance(model, str | Path):
         from silverclip.checkpoint import load_model
@@ -203,50 +284,50 @@ def compute_embeddings(
     todo = df[~df.index.isin(done)]
     if done:
         log.info("resuming: %d volumes already embedded, %d to go", len(done), len(todo))
+    ids, report = [], []
+    for vid, row in todo.iterrows():
+        if vid not in cache:  # one bad volume never stops the run
+            failures.add(vid, cache.path(vid), FileNotFoundError(f"volume {vid!r} is not in cache {cache.root}"))
+            continue
+        ids.append(vid)
+        report.append(report_text(row, include_impressions) if texts else "")
 
-    buf_ids: list[str] = []
-    buf_img: list[np.ndarray] = []
-    buf_txt_ids: list[str] = []
-    buf_txt: list[np.ndarray] = []
-    batch: list[tuple[str, torch.Tensor, str]] = []
-
-    def run_batch() -> None:
-        if not batch:
-            return
-        x = torch.cat([b[1] for b in batch]).to(device)
-        emb = model.encode_image(x).float().cpu().numpy()
-        for (vid, _, text), e in zip(batch, emb):
-            buf_ids.append(vid)
-            buf_img.append(e)
-            if texts and text:
-                buf_txt_ids.append(vid)
-        report = [b[2] for b in batch if texts and b[2]]
-        if report:
-            tokens = model.tokenize(report)
-            tokens = {k: v.to(device) for k, v in tokens.items()}
-            buf_txt.extend(model.encode_text(tokens).float().cpu().numpy())
-        batch.clear()
+    dataset = ReportVolumeDataset(cache, ids, report, train=False, skip_errors=True)
+    tokenize = model.batch_tokenizer() if hasattr(model, "batch_tokenizer") else model.tokenize
+    loader = make_loader(
+        dataset,
+        batch_size,
+        train=False,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+        collate_fn=Collate(tokenize if texts else None),
+    )
+    buf: dict[str, list] = {"ids": [], "img": [], "txt_ids": [], "txt": []}
 
     def flush() -> None:
         # text shard first: a crash between the two leaves texts that are simply recomputed
-        txt_shards.write(list(buf_txt_ids), list(buf_txt))
-        img_shards.write(list(buf_ids), list(buf_img))
-        for b in (buf_ids, buf_img, buf_txt_ids, buf_txt):
+        txt_shards.write(list(buf["txt_ids"]), list(buf["txt"]))
+        img_shards.write(list(buf["ids"]), list(buf["img"]))
+        for b in buf.values():
             b.clear()
 
-    for vid, row in tqdm(todo.iterrows(), total=len(todo), desc="embed", disable=not progress):
-        try:
-            hu = cache.load(vid)
-            batch.append((vid, model_input(hu, cache.preset), report_text(row, include_impressions)))
-        except Exception as e:  # one bad volume never stops the run
-            failures.add(vid, cache.path(vid), e)
-            continue
-        if len(batch) >= batch_size:
-            run_batch()
-        if len(buf_ids) >= shard_size:
+    bar = tqdm(total=len(todo), desc="embed", disable=not progress)
+    bar.update(len(todo) - len(ids))
+    autocast = lambda: precisions.autocast(device, precision)  # noqa: E731
+    for part in encode_batches(loader, cache.preset, device, model.encode_image, model.encode_text, autocast):
+        for vid, message in part["failed"]:
+            failures.add(vid, cache.path(vid), message)
+        if part["image"] is not None:
+            buf["ids"] += part["ids"]
+            buf["img"] += list(part["image"])
+        if part["text"] is not None:
+            buf["txt_ids"] += part["text_ids"]
+            buf["txt"] += list(part["text"])
+        bar.update(len(part["ids"]) + len(part["failed"]))
+        if len(buf["ids"]) >= shard_size:
             flush()
-    run_batch()
     flush()
+    bar.close()
 
     image_ids, image = img_shards.merge()
     text_ids, text = txt_shards.merge()

@@ -61,6 +61,11 @@ class CLIP(nn.Module):
     def tokenize(self, texts: list[str] | str) -> dict[str, torch.Tensor]:
         return self.text_tower.tokenize(texts)
 
+    def batch_tokenizer(self) -> Any:
+        """A picklable ``texts -> tokens`` callable for loader workers (the text tower's, else :meth:`tokenize`)."""
+        make = getattr(self.text_tower, "batch_tokenizer", None)
+        return make() if make is not None else self.tokenize
+
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.normalize else x
 

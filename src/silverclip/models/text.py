@@ -51,6 +51,21 @@ def resolve_text_model(name_or_path: str | Path) -> str:
     return str(name_or_path)
 
 
+class BatchTokenizer:
+    """``texts -> {input_ids, attention_mask, ...}`` (padded to the longest, truncated at ``max_length``)."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, int(max_length)
+
+    def __call__(self, texts: list[str] | str) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return dict(enc)
+
+
 class HFTextEncoder(nn.Module):
     """``tokenize(texts) -> dict[str, Tensor]``; ``forward(**tokens) -> (B, num_features)`` CLS states.
 
@@ -105,12 +120,11 @@ class HFTextEncoder(nn.Module):
 
     def tokenize(self, texts: list[str] | str) -> dict[str, torch.Tensor]:
         """Pad to the longest text, truncate at ``max_length``; returns ``input_ids``, ``attention_mask``, ..."""
-        if isinstance(texts, str):
-            texts = [texts]
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return dict(enc)
+        return self.batch_tokenizer()(texts)
+
+    def batch_tokenizer(self) -> BatchTokenizer:
+        """:meth:`tokenize` as a small picklable object (the tokenizer alone, not the model): for loader workers."""
+        return BatchTokenizer(self.tokenizer, self.max_length)
 
     def forward(
         self,

@@ -60,6 +60,7 @@ class TrainConfig:
     process). ``max_steps`` (if set) overrides ``epochs`` for the schedule's length.
     ``stop_at_step`` stops early *without* changing the schedule (a checkpoint is written), for
     time-limited cluster jobs: rerun the same command to continue.
+    ``dist_timeout_s``: the process group's timeout under torchrun (a collective waiting longer fails the job).
     """
 
     epochs: int = 10
@@ -83,6 +84,7 @@ class TrainConfig:
     progress: bool = True
     device: str = "auto"
     resume: bool = True
+    dist_timeout_s: float = 1800.0
 
     def validate(self) -> None:
         if self.epochs < 1 and not self.max_steps:
@@ -93,6 +95,8 @@ class TrainConfig:
             raise ConfigError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.dist_timeout_s <= 0:
+            raise ConfigError(f"train.dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must hold two numbers, got {self.betas}")
 

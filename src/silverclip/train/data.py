@@ -1,11 +1,13 @@
 """Training and evaluation data read from the preprocessing cache.
 
 Volumes come memory-mapped from a :class:`silverclip.data.cache.VolumeCache` (int16 HU, axes
-(x, y, z)); a crop reads only the bytes it touches and is then normalised with the cache's preset
-(window -> [-1, 1]). Training takes random crops of ``crop`` (default ``preset.crop``), optionally
-with random flips; evaluation takes the centre crop. Every item is a dict::
+(x, y, z)); a crop reads only the bytes it touches and leaves the worker as stored (int16, or uint8
+for an 8-bit cache): normalisation (window -> [-1, 1]) and flips happen on the device, in
+:func:`silverclip.data.model_input.normalize_batch`. Training takes random crops of ``crop`` (default
+``preset.crop``), optionally with random flips; evaluation takes the centre crop. Every item is a dict::
 
-    image:   float32 tensor (1, X, Y, Z)
+    image:   int16 (or uint8) tensor (1, X, Y, Z), the stored crop
+    flip:    bool (3,) flip decisions per axis (training with random_flip only)
     id:      the volume id
     targets, weights: float32 (18,)   (supervised datasets; weights 0 = left out of the loss)
     text:    str                       (CLIP datasets)
@@ -21,17 +23,20 @@ see an epoch counter set in the main process.
 from __future__ import annotations
 
 import logging
+import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from silverclip.data.cache import VolumeCache
+from silverclip.data.model_input import crop_array, crop_starts, draw_flips, normalize_batch
 from silverclip.findings import FINDINGS
 from silverclip.labels.table import read_labels, to_targets, volume_id
 
@@ -153,21 +158,16 @@ def split_by_patient(ids: Sequence[str], fraction: float, seed: int) -> tuple[li
 
 
 # ------------------------------------------------------------------------------------------- crops
-def crop_starts(shape: Sequence[int], crop: Sequence[int], rng: np.random.Generator | None) -> tuple[int, ...]:
-    """Corner of a crop: uniform over valid positions with ``rng``, the centre without."""
-    starts = []
-    for s, c in zip(shape, crop):
-        if c > s:
-            raise ValueError(f"crop {tuple(crop)} is larger than the cached volume {tuple(shape)}")
-        starts.append(int(rng.integers(0, s - c + 1)) if rng is not None else (s - c) // 2)
-    return tuple(starts)
-
-
 class VolumeDataset(Dataset):
-    """Crops of cached volumes. ``__getitem__`` takes an index or an ``(epoch, index)`` pair.
+    """Crops of cached volumes, as stored (int16 HU; uint8 codes for an 8-bit cache). ``__getitem__`` takes
+    an index or an ``(epoch, index)`` pair.
 
-    train=True: random crop (and flips if ``random_flip``) from a generator seeded by
-    ``(seed, epoch, index)``; train=False: centre crop, no randomness.
+    train=True: random crop (and flip decisions ``flip`` (3,) bool if ``random_flip``) from a generator
+    seeded by ``(seed, epoch, index)``; train=False: centre crop, no randomness. Normalisation and flips
+    happen on the device (:func:`silverclip.data.model_input.normalize_batch`).
+    ``skip_errors``: an item that cannot be read becomes ``{"id", "error"}`` (the collate function sets it
+    aside as ``batch["failed"]``) instead of stopping the loader: for embedding, where one bad volume
+    must not end the run.
     """
 
     def __init__(
@@ -178,41 +178,63 @@ class VolumeDataset(Dataset):
         crop: Sequence[int] | None = None,
         random_flip: bool = False,
         seed: int = 0,
+        skip_errors: bool = False,
     ):
         self.cache = cache
+        self.preset = cache.preset
         self.ids = list(ids)
         self.train = train
         self.crop = tuple(crop) if crop is not None else tuple(cache.preset.crop)
         self.random_flip = random_flip
         self.seed = seed
+        self.skip_errors = skip_errors
         crop_starts(cache.preset.shape, self.crop, None)  # fail early on a crop larger than the volume
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load_image(self, index: int, epoch: int = 0) -> torch.Tensor:
+    def load_crop(self, index: int, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(crop (1, X, Y, Z) as stored, flips (3,) bool or None)`` of item ``index`` in ``epoch``."""
         vid = self.ids[index]
-        vol = self.cache.load(vid)  # memory-mapped: slicing reads only the crop
+        vol = self.cache.load(vid, copy_on_write=True)  # memory-mapped: slicing reads only the crop
         if tuple(vol.shape) != tuple(self.cache.preset.shape):
             raise ValueError(f"{self.cache.path(vid)}: shape {vol.shape} != preset shape {self.cache.preset.shape}")
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
-        x0, y0, z0 = crop_starts(vol.shape, self.crop, rng)
-        cx, cy, cz = self.crop
-        arr = self.cache.preset.normalize(vol[x0 : x0 + cx, y0 : y0 + cy, z0 : z0 + cz])
-        if self.train and self.random_flip:
-            flips = [ax for ax in range(3) if rng.random() < 0.5]
-            if flips:
-                arr = np.flip(arr, axis=flips)
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+        # a strided view of the mapped file: the collate function's stack is the one copy (into shared memory
+        # in a worker): about half the CPU time per volume of copying here first (benchmarks/loader.py)
+        arr = crop_array(vol, self.crop, rng, copy=False)
+        flips = torch.from_numpy(draw_flips(rng)) if self.train and self.random_flip else None
+        return torch.from_numpy(arr)[None], flips
+
+    def load_image(self, index: int, epoch: int = 0) -> torch.Tensor:
+        """The normalised float32 crop (1, X, Y, Z), flipped as drawn: what the model sees (for inspection;
+        training normalises whole batches on the device)."""
+        crop, flips = self.load_crop(index, epoch)
+        return normalize_batch(crop[None], self.preset, None if flips is None else flips[None])[0]
 
     def _unpack(self, key: int | tuple[int, int]) -> tuple[int, int]:
         if isinstance(key, tuple):
             return key[1], key[0]
         return int(key), 0
 
+    def _image_item(self, index: int, epoch: int) -> dict:
+        crop, flips = self.load_crop(index, epoch)
+        item = {"image": crop, "id": self.ids[index]}
+        if flips is not None:
+            item["flip"] = flips
+        return item
+
+    def _item(self, index: int, epoch: int) -> dict:
+        return self._image_item(index, epoch)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, epoch = self._unpack(key)
-        return {"image": self.load_image(index, epoch), "id": self.ids[index]}
+        if not self.skip_errors:
+            return self._item(index, epoch)
+        try:
+            return self._item(index, epoch)
+        except Exception as e:  # noqa: BLE001 - reported per volume by the consumer
+            return {"id": self.ids[index], "error": f"{type(e).__name__}: {e}"}
 
 
 class LabeledVolumeDataset(VolumeDataset):
@@ -223,14 +245,11 @@ class LabeledVolumeDataset(VolumeDataset):
         values = labels.loc[self.ids, list(FINDINGS)].to_numpy(dtype=np.float32)
         self.targets, self.weights = to_targets(values, policy)  # (N, 18) each
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, epoch = self._unpack(key)
-        return {
-            "image": self.load_image(index, epoch),
-            "id": self.ids[index],
-            "targets": torch.from_numpy(self.targets[index]),
-            "weights": torch.from_numpy(self.weights[index]),
-        }
+    def _item(self, index: int, epoch: int) -> dict:
+        item = self._image_item(index, epoch)
+        item["targets"] = torch.from_numpy(self.targets[index])
+        item["weights"] = torch.from_numpy(self.weights[index])
+        return item
 
 
 class ReportVolumeDataset(VolumeDataset):
@@ -267,9 +286,9 @@ class ReportVolumeDataset(VolumeDataset):
             self.texts[index], self.sentence_keep, np.random.default_rng([self.seed, epoch, index, 1])
         )
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, epoch = self._unpack(key)
-        item = {"image": self.load_image(index, epoch), "id": self.ids[index], "text": self.text(index, epoch)}
+    def _item(self, index: int, epoch: int) -> dict:
+        item = self._image_item(index, epoch)
+        item["text"] = self.text(index, epoch)
         if self.labels is not None:
             item["labels"] = torch.tensor(self.labels[index])
         return item
@@ -277,34 +296,86 @@ class ReportVolumeDataset(VolumeDataset):
 
 # ----------------------------------------------------------------------------------------- loading
 class EpochSampler(Sampler):
-    """``DistributedSampler`` (one replica when not distributed) yielding ``(epoch, index)`` pairs.
+    """This rank's share of an epoch, yielding ``(epoch, index)`` pairs.
 
-    Shuffling is seeded by ``seed + epoch`` (DistributedSampler's rule), and ``skip`` drops the first
-    samples of this rank's order, so a run resumed after ``b`` batches continues with batch ``b + 1``
-    of the same epoch without loading the skipped volumes.
+    The epoch's order is one permutation of the dataset seeded by ``seed + epoch`` (the rule and the
+    generator of ``DistributedSampler``; identity without ``shuffle``); rank ``r`` of ``world_size`` takes
+    every ``world_size``-th position from ``r``. ``drop_last`` (training) truncates the order to a multiple
+    of ``world_size`` first, so every rank gets equally many items (what ``DistributedSampler`` does);
+    without it (evaluation) nothing is padded or repeated: ranks may differ by one item, and the union of
+    the ranks' shares is the dataset exactly once.
+
+    ``set_epoch(epoch, skip)``: ``skip`` counts the items of the epoch already consumed *by all ranks*
+    together (positions ``[0, skip)`` of the order). The positions a step consumes do not depend on how the
+    global batch is split over ranks, so a run resumed after ``k`` steps of ``G`` volumes continues with
+    position ``k * G`` of the same order under any ``world_size x batch_size x grad_accum = G``.
     """
 
     def __init__(
         self, dataset: Dataset, shuffle: bool, seed: int, world_size: int = 1, rank: int = 0, drop_last: bool = False
     ):
-        self.inner = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.n = len(dataset)
+        self.shuffle, self.seed, self.world_size, self.rank, self.drop_last = shuffle, seed, world_size, rank, drop_last
         self.epoch = 0
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch = epoch
-        self.skip = skip
-        self.inner.set_epoch(epoch)
+        self.skip = int(skip)
+
+    def order(self) -> list[int]:
+        """The whole epoch's order (all ranks)."""
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def _positions(self, skip: int) -> range:
+        end = self.n - (self.n % self.world_size if self.drop_last else 0)
+        return range(skip + self.rank, end, self.world_size)
+
+    def samples_per_rank(self) -> int:
+        """Items of a whole epoch on this rank (no skip)."""
+        return len(self._positions(0))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for n, index in enumerate(self.inner):
-            if n >= self.skip:
-                yield (self.epoch, index)
+        order = self.order()
+        for p in self._positions(self.skip):
+            yield (self.epoch, order[p])
 
     def __len__(self) -> int:
-        return len(self.inner) - self.skip
+        return len(self._positions(self.skip))
+
+
+class Collate:
+    """Batches items (``default_collate``) in the loader workers and tokenises the texts there.
+
+    ``tokenize`` (texts -> dict of tensors, picklable): when given and the items carry ``text``, the batch
+    gets ``tokens`` for its non-empty texts and ``text_rows`` (their rows in the batch). Items that failed
+    to load (``{"id", "error"}``, datasets with ``skip_errors``) are left out and listed in ``failed``
+    as ``(id, message)`` pairs; a batch of failures only is ``{"failed": [...]}``.
+    """
+
+    def __init__(self, tokenize: Callable[[list[str]], dict[str, torch.Tensor]] | None = None):
+        self.tokenize = tokenize
+
+    def __call__(self, items: list[dict]) -> dict[str, Any]:
+        if not items or not isinstance(items[0], dict):
+            return default_collate(items)
+        failed = [(it["id"], it["error"]) for it in items if "error" in it]
+        items = [it for it in items if "error" not in it]
+        batch: dict[str, Any] = default_collate(items) if items else {}
+        if failed:
+            batch["failed"] = failed
+        if self.tokenize is not None and items and "text" in batch:
+            rows = [i for i, t in enumerate(batch["text"]) if t]
+            if rows:
+                batch["tokens"] = self.tokenize([batch["text"][i] for i in rows])
+                batch["text_rows"] = torch.tensor(rows, dtype=torch.long)
+        return batch
 
 
 def seed_worker(worker_id: int) -> None:
@@ -330,8 +401,11 @@ def make_loader(
     world_size: int = 1,
     rank: int = 0,
     pin_memory: bool = False,
+    collate_fn: Callable[[list[dict]], dict] | None = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` with an :class:`EpochSampler` (``loader.sampler``).
+
+    ``collate_fn`` defaults to :class:`Collate` without tokeniser (batches int16 crops; failed items set aside).
 
     Training drops the last incomplete batch (equal batches on every rank); evaluation keeps all items.
     The loader gets its own torch generator so that creating an iterator (which draws worker seeds)
@@ -340,6 +414,8 @@ def make_loader(
     sampler = EpochSampler(dataset, shuffle=train, seed=seed, world_size=world_size, rank=rank, drop_last=train)
     kwargs = {}
     if num_workers > 0:
+        # forked workers tokenise; the Rust tokenizer's own thread pool must not be live across fork
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         kwargs = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": seed_worker}
     return DataLoader(
         dataset,
@@ -349,5 +425,6 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=train,
         generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate_fn or Collate(),
         **kwargs,
     )

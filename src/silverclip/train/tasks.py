@@ -41,9 +41,16 @@ class Task:
     name = "task"
     primary_metric = "loss"
     ddp_find_unused_parameters = False
+    preset: Preset  # normalises the stored crops on the device (silverclip.data.model_input)
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
+
+    def collate(self) -> Callable[[list[dict]], dict]:
+        """The loaders' collate function (runs in the workers); called after :meth:`build_model`."""
+        from silverclip.train.data import Collate
+
+        return Collate()
 
     def checkpoint_info(self) -> dict[str, Any]:
         return {}
@@ -85,24 +92,24 @@ class SupervisedTask(Task):
 
     @torch.no_grad()
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast: AutocastFactory) -> dict:
+        """This rank's share of the validation set through the evaluation loop, gathered from every rank."""
+        from silverclip.eval.embeddings import encode_batches, gather_in_order
         from silverclip.eval.metrics import per_finding_auc
         from silverclip.losses import masked_bce_with_logits
 
         model.eval()
-        scores, targets, weights, losses = [], [], [], []
-        for batch in loader:
-            x = batch["image"].to(device, non_blocking=True)
-            with autocast():
-                logits = model(x).float()
-            t, w = batch["targets"], batch["weights"]
-            losses.append(float(masked_bce_with_logits(logits.cpu(), t, w)) * len(x))
-            scores.append(torch.sigmoid(logits).cpu().numpy())
-            targets.append(t.numpy())
-            weights.append(w.numpy())
-        y = np.concatenate(targets)
-        y[np.concatenate(weights) == 0] = np.nan  # masked entries are not ground truth
-        aucs = per_finding_auc(y, np.concatenate(scores), FINDINGS)
-        out = {"loss": sum(losses) / len(y), "mean_auc": aucs.pop("mean")}
+        parts: dict[str, list] = {"ids": [], "logits": [], "targets": [], "weights": []}
+        for out in encode_batches(loader, self.preset, device, model, autocast=autocast):
+            parts["ids"] += out["ids"]
+            parts["logits"] += list(out["image"])
+            parts["targets"] += list(out["batch"]["targets"].numpy())
+            parts["weights"] += list(out["batch"]["weights"].numpy())
+        every = gather_in_order(parts, loader.dataset.ids)
+        logits, t, w = (torch.from_numpy(np.stack(every[k])) for k in ("logits", "targets", "weights"))
+        y = t.numpy().copy()
+        y[w.numpy() == 0] = np.nan  # masked entries are not ground truth
+        aucs = per_finding_auc(y, torch.sigmoid(logits).numpy(), FINDINGS)
+        out = {"loss": float(masked_bce_with_logits(logits, t, w)), "mean_auc": aucs.pop("mean")}
         out.update({f"auc/{k}": v for k, v in aucs.items()})
         return out
 
@@ -149,7 +156,9 @@ class ClipTask(Task):
         self.include_impressions = bool(include_impressions)
         self.template_set = template_set
         self.primary_metric = "zs_mean_auc" if has_labels else "r2i_mean_recall"
-        self.ddp_find_unused_parameters = True  # the image tower's classification head is not used by CLIP
+        # every parameter gets a gradient (the image tower has no head, the text tower no pooler; tested), so DDP
+        # need not search the graph for unused ones each step
+        self.ddp_find_unused_parameters = False
         self.module: nn.Module | None = None
         self._losses: dict[bool, nn.Module] = {}
 
@@ -196,47 +205,70 @@ class ClipTask(Task):
             self._losses[gather] = ClipLoss(gather=gather)
         return self._losses[gather]
 
+    def collate(self) -> Callable[[list[dict]], dict]:
+        from silverclip.train.data import Collate
+
+        return Collate(self.module.batch_tokenizer())
+
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         tokens = self.module.tokenize(list(texts))
         return {k: v.to(device, non_blocking=True) for k, v in tokens.items()}
 
+    def _tokens(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        """The batch's tokens (made by the collate function in the loader workers), on ``device``."""
+        if "tokens" not in batch:  # a loader without the task's collate function
+            return self.tokenize(batch["text"], device)
+        if len(batch["text_rows"]) != len(batch["image"]):
+            raise ValueError("a CLIP training batch has items without report text")
+        return {k: v.to(device, non_blocking=True) for k, v in batch["tokens"].items()}
+
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        tokens = self.tokenize(batch["text"], batch["image"].device)
+        tokens = self._tokens(batch, batch["image"].device)
         out = model(batch["image"], tokens)
         return self._criterion()(out["image_embeds"].float(), out["text_embeds"].float(), out["logit_scale"].float())
 
     @torch.no_grad()
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device, autocast: AutocastFactory) -> dict:
+        """Every rank embeds its share (the loop ``silverclip embed`` runs); the shares are gathered in dataset
+        order and scored identically on every rank, so the numbers do not depend on the number of ranks."""
+        from silverclip.eval.embeddings import encode_batches, gather_in_order
         from silverclip.eval.metrics import per_finding_auc
         from silverclip.eval.retrieval import recall_at_k
         from silverclip.eval.zero_shot import build_zero_shot_classifier, logit_scale_of, zero_shot_probabilities
 
         model.eval()
-        img, txt, ids, labels, losses, n = [], [], [], [], 0.0, 0
-        for batch in loader:
-            x = batch["image"].to(device, non_blocking=True)
-            with autocast():
-                out = model(x, self.tokenize(batch["text"], device))
-            i, t = out["image_embeds"].float(), out["text_embeds"].float()
-            if len(x) > 1:  # in-batch contrastive loss (no gather), a comparable number across epochs
-                losses += float(self._criterion(gather=False)(i, t, out["logit_scale"].float())) * len(x)
-                n += len(x)
-            img.append(i.cpu())
-            txt.append(t.cpu())
-            ids += list(batch["id"])
-            if "labels" in batch:
-                labels.append(batch["labels"].numpy())
-        img_e, txt_e = torch.cat(img), torch.cat(txt)
+        parts: dict[str, list] = {"ids": [], "image": [], "text": [], "labels": []}
+        for out in encode_batches(loader, self.preset, device, model.encode_image, model.encode_text, autocast):
+            if out["text_ids"] != out["ids"]:
+                raise ValueError("a CLIP validation batch has items without report text")
+            parts["ids"] += out["ids"]
+            parts["image"] += list(out["image"])
+            parts["text"] += list(out["text"])
+            if "labels" in out["batch"]:
+                parts["labels"] += list(out["batch"]["labels"].numpy())
+        every = gather_in_order(parts, loader.dataset.ids)
+        ids = every["ids"]
+        img_e, txt_e = torch.from_numpy(np.stack(every["image"])), torch.from_numpy(np.stack(every["text"]))
         recalls = recall_at_k(txt_e, img_e, ids, ids, self.retrieval_ks, mode="per-volume")["recall"]
         result = {f"r2i_recall@{k}": v for k, v in recalls.items()}
         result["r2i_mean_recall"] = float(np.mean(list(recalls.values())))
+        # in-batch contrastive loss over fixed chunks of the dataset order (no gather): comparable across
+        # epochs and the same for any number of ranks
+        scale = float(logit_scale_of(model))
+        size = max(int(getattr(loader, "batch_size", None) or 2), 2)
+        losses, n = 0.0, 0
+        for start in range(0, len(ids) - 1, size):
+            i, t = img_e[start : start + size], txt_e[start : start + size]
+            if len(i) > 1:
+                losses += float(self._criterion(gather=False)(i, t, scale)) * len(i)
+                n += len(i)
         if n:
             result["loss"] = losses / n
-        if labels:
+        if every["labels"]:
             with autocast():  # (F, 2, E): every prompt encoded once for all validation volumes
                 classifier = build_zero_shot_classifier(model, FINDINGS, self.template_set, device=device)
             probs = zero_shot_probabilities(img_e, classifier, logit_scale_of(model))
-            aucs = per_finding_auc(np.concatenate(labels), probs, FINDINGS)
+            aucs = per_finding_auc(np.stack(every["labels"]), probs, FINDINGS)
             result["zs_mean_auc"] = aucs.pop("mean")
             result.update({f"zs_auc/{k}": v for k, v in aucs.items()})
         return result
