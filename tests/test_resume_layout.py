@@ -170,3 +170,37 @@ def test_cuda_rng_state_is_this_process_device_only(monkeypatch):
     restored.clear()
     ckpt.restore_rng_state({**state, "cuda": [states[0], states[3]]})  # an older checkpoint: all devices
     assert torch.equal(restored[0], states[0])
+
+
+def test_resume_with_another_split_of_the_step_continues_or_refuses(tmp_path, caplog):
+    """Same volumes per step (batch 4 -> batch 2 x grad_accum 2): continues at the saved step with the same
+    schedule; another number of volumes per step: refused, naming both layouts (a torchrun world-size change
+    goes through the same check, tests/test_resume_layout.py::test_resume_position_keeps_the_schedule_or_refuses)."""
+    from silverclip.config import load_config
+    from silverclip.train.config import PretrainConfig
+    from silverclip.train.stages import _pretrain
+    from train_fixtures import TINY_IMAGE, make_all
+
+    p = make_all(tmp_path)
+    run = tmp_path / "run"
+    common = [
+        f"out={run}",
+        f"cache={p['cache']}",
+        f"labels={p['labels']}",
+        "model=resnet10_3d",
+        f"model_kwargs={TINY_IMAGE}",
+        "train.epochs=2",  # 8 volumes, 4 per step: 2 steps per epoch, 4 in all
+        "train.progress=false",
+    ]
+    first = _pretrain(load_config(PretrainConfig, None, [*common, "data.batch_size=4", "train.stop_at_step=1"]))
+    assert first.step == 1 and first.total_steps == 4
+    meta = json.loads((run / "last" / "checkpoint.json").read_text())["extra"]
+    assert (meta["world_size"], meta["batch_size"], meta["grad_accum"], meta["samples_seen"]) == (1, 4, 1, 4)
+    with pytest.raises(ValueError, match=r"1 process\(es\) x batch 4 x grad_accum 1 = 4 volumes per step.*= 2"):
+        _pretrain(load_config(PretrainConfig, None, [*common, "data.batch_size=2"]))
+    with caplog.at_level(logging.INFO, logger="silverclip.train.loop"):
+        done = _pretrain(load_config(PretrainConfig, None, [*common, "data.batch_size=2", "train.grad_accum=2"]))
+    assert "at step 1 (epoch 0, 4 volumes into it, 4 seen)" in caplog.text  # continued, not restarted
+    assert done.step == done.total_steps == 4 and done.completed
+    meta = json.loads((run / "last" / "checkpoint.json").read_text())["extra"]
+    assert (meta["batch_size"], meta["grad_accum"], meta["samples_seen"]) == (2, 2, 16)
