@@ -247,6 +247,8 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 - report and go on (e.g. a compile failure)
                     print(f"{stage:9} {name:16} failed: {type(e).__name__}: {str(e)[:200]}")
                     res["steps"][f"{stage}/{name}"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+                    e = None
+                    torch.cuda.empty_cache()
                     continue
                 torch.cuda.empty_cache()
                 base = base or r["volumes_per_s"]
