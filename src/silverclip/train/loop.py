@@ -4,8 +4,12 @@ A task object (:mod:`silverclip.train.tasks`) supplies the model, the loss of a 
 validation; this loop supplies everything else, identically for both stages:
 
 - devices and DDP (``torchrun``; a single process, CPU included, is the same code path with
-  ``world_size == 1``), bf16 autocast on GPU (``silverclip.precision``), optional ``channels_last_3d``
-  and ``torch.compile``;
+  ``world_size == 1``; an explicit process-group timeout; per-rank seeds after the common initial weights;
+  validation sharded over every rank and gathered by the task), bf16 autocast on GPU
+  (``silverclip.precision``), optional ``channels_last_3d`` and ``torch.compile``;
+- the batch crosses to the device as stored int16/uint8 crops and is normalised and flipped there
+  (:func:`model_batch`); the loss and gradient norm stay on the device and are read on the host only at log
+  steps and before a checkpoint (a diverged step is remembered by number and raised then);
 - gradient accumulation (``no_sync`` on all but the last micro-batch) and clipping, AdamW (no weight
   decay on biases, norms and the temperature) with warm-up + cosine (:mod:`silverclip.train.schedule`);
 - a tqdm bar with loss, volumes/s and the share of time spent waiting for data; metrics in
@@ -14,11 +18,14 @@ validation; this loop supplies everything else, identically for both stages:
   end and at the end, with the training state (optimizer, scheduler, step, position in the epoch,
   RNG states); ``best/`` whenever the validation metric improves.
 
-Resuming (``train.resume``, default on) from ``last/`` continues bit-exactly: the loaders draw from
-their own generators, crops are seeded per sample (:mod:`silverclip.train.data`), the sampler skips
-the batches already consumed in the epoch, and the global RNG states (dropout) are restored.
+Resuming (``train.resume``, default on; rank 0 decides and broadcasts) from ``last/`` continues bit-exactly:
+the loaders draw from their own generators, crops are seeded per sample (:mod:`silverclip.train.data`), the
+sampler skips the samples already consumed in the epoch, and the global RNG states (dropout) are restored.
 tests/test_resume.py checks that an interrupted-and-resumed run ends with the same weights as an
-uninterrupted one.
+uninterrupted one. The checkpoint records the layout (world size, per-rank batch, ``grad_accum``) and the
+samples seen: another split of the same volumes per step continues on the samples seen, another number of
+volumes per step is refused (:func:`resume_position`). A ``last/`` lost inside the checkpoint swap is put back
+first (:func:`silverclip.checkpoint.recover_checkpoint`).
 """
 
 from __future__ import annotations
