@@ -29,7 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--saliency",
         metavar="DIR",
-        help="write Grad-CAM maps (NIfTI in the scan's geometry) and a PNG montage per scan into DIR",
+        help="write saliency maps (NIfTI in the scan's geometry) and a PNG montage per scan into DIR",
+    )
+    p.add_argument(
+        "--saliency-method",
+        choices=["smoothgrad", "gradcam"],
+        default="smoothgrad",
+        help="MONAI's SmoothGrad (default: voxel-precise) or Grad-CAM (one ResNet stage: coarse at 6 mm voxels)",
     )
     p.add_argument(
         "--findings",
@@ -83,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
 
             asked = [f.strip() for f in args.findings.split(",") if f.strip()] if args.findings else None
             try:
-                results[-1]["saliency"] = explain_scan(model, scan, args.saliency, asked)
+                results[-1]["saliency"] = explain_scan(model, scan, args.saliency, asked, method=args.saliency_method)
             except Exception as e:  # a failed map is listed like a failed scan
                 failures.add(scan, scan, e)
                 continue

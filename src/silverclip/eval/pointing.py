@@ -1,7 +1,7 @@
 """The pointing game on synthetic volumes: does the saliency peak of a finding fall inside that finding's lesion?
 
 For every validation volume and every finding it truly has (gold label 1) whose lesion mask (written by the
-generator, ``synth_info/masks``, bit ``i`` = ``FINDINGS[i]``) is not empty, the Grad-CAM map of that finding
+generator, ``synth_info/masks``, bit ``i`` = ``FINDINGS[i]``) is not empty, the saliency map of that finding
 (:mod:`silverclip.eval.saliency`, in the volume file's geometry) is computed and its peak voxel looked up in the
 mask: a hit when the peak lies inside. Reported per finding and overall (hits / trials), next to *chance*: the
 share of the model's field of view (the voxels the map covers) that the mask fills, i.e. the hit rate of a peak

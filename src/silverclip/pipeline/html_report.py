@@ -461,7 +461,7 @@ def _pointing(run: Path) -> str:
         for f, r in res.get("per_finding", {}).items()
     )
     return (
-        f"<p>How often the Grad-CAM peak of a finding the volume has lies inside that finding's lesion mask: "
+        f"<p>How often the saliency peak of a finding the volume has lies inside that finding's lesion mask: "
         f"<b>{pct(res.get('hit_rate'))}</b> of {res.get('n_trials')} finding-volume pairs on "
         f"{res.get('n_volumes')} validation volumes; chance (a random voxel of the model's view) "
         f"{pct(res.get('chance'))}.</p><table><tr><th>finding</th><th>hits / n</th><th>hit rate</th>"

@@ -609,7 +609,7 @@ def _section_config(cls: type, data: dict[str, Any], section: str) -> Any:
         raise ConfigError(f"in section {section}: {e}") from None
 
 
-#: Validation volumes the pipeline's pointing game looks at (Grad-CAM per positive finding: ~0.1 s each on a CPU).
+#: Validation volumes the pipeline's pointing game looks at (a SmoothGrad map per positive finding).
 POINTING_MAX_VOLUMES = 200
 
 STAGE_ORDER = ("data", "preprocess", "labels", "pretrain", "clip", "embed", "evaluate")
