@@ -66,9 +66,11 @@ def _dataset(tmp: Path, n_train: int, n_val: int) -> tuple[Path, Path, Path]:
     return cache, tmp / "train.csv", tmp / "valid.csv"
 
 
-def test_pretraining_learns_a_visible_finding(tmp_path: Path) -> None:
-    cache, train, valid = _dataset(tmp_path, n_train=160, n_val=64)
-    run = tmp_path / "run"
+def train_metal_detector(tmp: Path) -> Path:
+    """Pre-train an eighth-width ResNet-18 on 160 phantoms (half with a metal device) for 14 epochs,
+    validated on 64: the run folder (also used by tests/test_pointing.py)."""
+    cache, train, valid = _dataset(tmp, n_train=160, n_val=64)
+    run = tmp / "run"
     argv = ["pretrain", "--cache", str(cache), "--labels", str(train), "--val-labels", str(valid), "--out", str(run)]
     overrides = [
         "model=resnet18_3d",
@@ -81,6 +83,11 @@ def test_pretraining_learns_a_visible_finding(tmp_path: Path) -> None:
         "train.precision=fp32",
     ]
     assert main([*argv, *overrides]) == 0
+    return run
+
+
+def test_pretraining_learns_a_visible_finding(tmp_path: Path) -> None:
+    run = train_metal_detector(tmp_path)
     val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
     aucs = [round(v["auc/Medical material"], 3) for v in val]
     print("validation AUC per epoch:", aucs)

@@ -15,31 +15,17 @@ import numpy as np
 import pytest
 
 from silverclip.checkpoint import load_model
-from silverclip.cli import main
 from silverclip.data.preprocess import preprocess_volume
 from silverclip.data.readers import load_volume
 from silverclip.eval.embeddings import model_input
 from silverclip.eval.saliency import FindingScores, choose_layer, crop_to_volume, gradcam, saliency, to_file_geometry
-from test_learning import PRESET, _dataset, _phantom
+from test_learning import PRESET, _phantom, train_metal_detector
 
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("learn")
-    cache, train, valid = _dataset(tmp, n_train=160, n_val=64)
-    run = tmp / "run"
-    argv = ["pretrain", "--cache", str(cache), "--labels", str(train), "--val-labels", str(valid), "--out", str(run)]
-    overrides = [
-        "model=resnet18_3d",
-        'model_kwargs={"widen_factor": 0.125}',
-        "data.batch_size=8",
-        "train.epochs=14",
-        "train.lr=1e-3",
-        "train.warmup_steps=5",
-        "train.progress=false",
-        "train.precision=fp32",
-    ]
-    assert main([*argv, *overrides]) == 0
+    run = train_metal_detector(tmp)
     val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
     assert val[-1]["auc/Medical material"] >= 0.9  # it has learned the device
     return run / "last"
