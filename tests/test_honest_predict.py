@@ -96,3 +96,18 @@ def test_predict_prints_verdicts_at_thresholds_and_warns_on_real_scans(
     # an uncalibrated checkpoint says so instead of inventing a threshold
     assert main(["predict", str(real), "--checkpoint", str(checkpoint)]) == 0
     assert "no threshold in the checkpoint" in capsys.readouterr().out
+
+
+def test_load_scores_with_the_template_set_the_thresholds_were_chosen_with(checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from silverclip.inference import load
+
+    ckpt = tmp_path / "c"
+    shutil.copytree(checkpoint, ckpt)
+    record_calibration(ckpt, thresholds={"Lung nodule": 0.25}, template_set="ctrate")
+    for _ in range(2):  # the first load fills the classifier cache, the second reads it
+        model = load(ckpt)
+        assert model.template_set == "ctrate" and model.thresholds == {"Lung nodule": 0.25}
+    asked = load(ckpt, template_set="ctclip")  # another set asked for: its classifier, the thresholds dropped
+    assert asked.template_set == "ctclip" and asked.thresholds == {}

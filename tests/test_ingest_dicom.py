@@ -30,19 +30,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from silverclip.cli import main
 from silverclip.data.manifest import read_manifest
+from test_inference import TINY_CLIP
 
 NAME, BIRTH, MRN = "Doe^Jane^Testpatient", "19450317", "MRN-0042-SECRET"
 CRITERIA = "min_slices: 8\nmin_z_extent_mm: 20\nslice_spacing_mm: [0.4, 3.0]\nslice_thickness_mm: [0.4, 3.5]\n"
-TINY_CLIP = {
-    "name": "clip",
-    "image": {"name": "resnet10_3d", "widen_factor": 0.125},
-    "text": {
-        "name": "hf_text",
-        "name_or_path": "offline",
-        "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-    },
-    "embed_dim": 16,
-}
 
 
 def _slices(folder: Path) -> list[pydicom.Dataset]:

@@ -65,7 +65,7 @@ class Predictor:
         classifier: torch.Tensor | None = None,
         checkpoint: str | Path | None = None,
     ) -> None:
-        from silverclip.eval.zero_shot import build_zero_shot_classifier, default_template_set, logit_scale_of
+        from silverclip.eval.zero_shot import build_zero_shot_classifier, logit_scale_of
 
         # An image-only model (CLIPImageEncoder) comes with a cached classifier and its checkpoint folder,
         # from which the full model is loaded when text is needed.
@@ -79,12 +79,8 @@ class Predictor:
         self.meta = meta
         self.device = device
         self.preset = load_preset(meta["preset"])
-        from silverclip.eval.zero_shot import list_template_sets
-
         calibrated = meta.get("threshold_template_set")
-        if template_set is None and calibrated in list_template_sets():
-            template_set = calibrated  # the prompts the thresholds were chosen with
-        self.template_set = template_set or default_template_set()
+        self.template_set = resolve_template_set(meta, template_set)
         #: P(present) threshold per finding, chosen on the validation split (empty: uncalibrated checkpoint)
         self.thresholds: dict[str, float] = (
             {str(k): float(v) for k, v in (meta.get("thresholds") or {}).items()}
@@ -245,6 +241,17 @@ def load_image_encoder(checkpoint: str | Path, device: str = "cpu") -> torch.nn.
     return model.to(device).eval()
 
 
+def resolve_template_set(meta: dict[str, Any], template_set: str | None) -> str:
+    """The prompt template set to score with: the one asked for, else the one the checkpoint's thresholds were
+    chosen with (``threshold_template_set``, when it is a known set), else prompts.yaml's default."""
+    from silverclip.eval.zero_shot import default_template_set, list_template_sets
+
+    if template_set:
+        return template_set
+    calibrated = meta.get("threshold_template_set")
+    return calibrated if calibrated in list_template_sets() else default_template_set()
+
+
 def load(checkpoint: str | Path, device: str = "cpu", template_set: str | None = None) -> Predictor:
     """Load a CLIP checkpoint folder (``silverclip.checkpoint``) as a :class:`Predictor`.
 
@@ -252,10 +259,9 @@ def load(checkpoint: str | Path, device: str = "cpu", template_set: str | None =
     full model, and the classifier it computes is cached (best effort: an unwritable cache is skipped).
     """
     from silverclip.checkpoint import load_model, read_checkpoint_meta
-    from silverclip.eval.zero_shot import default_template_set
 
-    template_set = template_set or default_template_set()
     meta = read_checkpoint_meta(checkpoint)
+    template_set = resolve_template_set(meta, template_set)  # before the cache key: the set the classifier is for
     cache = None
     if (meta.get("model_config") or {}).get("name") in ("clip", "clip_authors") and meta.get("preset"):
         try:
