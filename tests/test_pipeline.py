@@ -42,7 +42,7 @@ def test_run_end_to_end_then_skips_completed_stages(tmp_path: Path, capsys: pyte
     cfg = tiny_config(tmp_path, run)
     assert main(["run", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "zero-shot mean AUC" in out and "Report:" in out
+    assert "zero-shot mean AUC" in out and "Report:" in out and str(run / "report.html") in out
     summary = _check_complete(run)
     assert summary["labels"]["quality"]["auc"] > 0.8  # rules vs gold on synthetic reports
     stamps = {s: (run / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}

@@ -38,6 +38,8 @@ def _run(args: argparse.Namespace) -> int:
     if summary is None:  # stopped early (--until) or a non-zero torchrun rank
         return 0
     print(f"\nReport: {summary['report']}")
+    if summary.get("report_html"):
+        print(f"        {summary['report_html']}")
     for line in headline_lines(summary):
         print(f"  {line}")
     return 0

@@ -330,5 +330,6 @@ def evaluate_zero_shot(
         frame.insert(0, "volume_id", ids)
         atomic_to_csv(frame, out_dir / "probabilities.csv", float_format="%.6f")
         if plots:
-            plot_roc_curves(y, probs, names, out_dir / "roc_curves.png", f"Zero-shot ROC ({protocol}, {mode})")
+            title = f"Zero-shot ROC: {protocol} protocol, `{template_set}` prompts, {mode} mode"
+            plot_roc_curves(y, probs, names, out_dir / "roc_curves.png", title)
     return results

@@ -213,8 +213,10 @@ def _training(run: Path) -> str:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3))
         for key, ax in (("loss", axes[0]), ("lr", axes[1])):
             pts = [(r["step"], r[key]) for r in train if isinstance(r.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), lw=1)
+            if pts:  # a marker where there are few points: one point on a bare line draws nothing
+                ax.plot(*zip(*pts), lw=1, marker="o" if len(pts) < 20 else None, ms=3)
+            else:
+                ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes, color="gray")
             ax.set_title(f"{stage}: training {key}")
             ax.set_xlabel("step")
         keys = sorted(
